@@ -1,0 +1,180 @@
+// The CPU ops: check the contract, allocate outputs, call the kernels of the widest instruction
+// set this CPU has, and raise at once for a bad target (the CPU has no queue to wait on).
+#include <ATen/Version.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <torch/library.h>
+
+#include "../op_common.h"
+#include "../status.h"
+#include "kernel_api.h"
+
+namespace validated_loss::cpu {
+namespace {
+
+using at::Tensor;
+
+struct KernelTable {
+  const char* name;
+  decltype(&DEFAULT::index_forward) index_forward;
+  decltype(&DEFAULT::index_backward) index_backward;
+  decltype(&DEFAULT::prob_forward) prob_forward;
+  decltype(&DEFAULT::prob_backward) prob_backward;
+};
+
+#define VALIDATED_LOSS_KERNEL_TABLE(CAP) \
+  KernelTable { #CAP, &CAP::index_forward, &CAP::index_backward, &CAP::prob_forward, &CAP::prob_backward }
+
+// ATen's own choice (it honours ATEN_CPU_CAPABILITY), so we never run wider than torch does.
+const KernelTable& kernels() {
+  static const KernelTable table = [] {
+#ifdef VALIDATED_LOSS_X86_KERNELS
+    const std::string cap = at::get_cpu_capability();
+    if (cap == "AVX512") return VALIDATED_LOSS_KERNEL_TABLE(AVX512);
+    if (cap == "AVX2") return VALIDATED_LOSS_KERNEL_TABLE(AVX2);
+#endif
+    return VALIDATED_LOSS_KERNEL_TABLE(DEFAULT);
+  }();
+  return table;
+}
+
+LogitsView view_of(const Tensor& t) {
+  return LogitsView{t.scalar_type(), t.const_data_ptr(), make_row_geometry(t)};
+}
+
+LossOptions options_of(const Tensor& weight_acc, double label_smoothing, int64_t reduction) {
+  return LossOptions{weight_acc.defined() ? weight_acc.const_data_ptr() : nullptr, label_smoothing, reduction};
+}
+
+// The reduced loss as a 0-dim tensor of the logits' dtype, or the per-row losses.
+Tensor reduced_loss(const ForwardTotals& totals, int64_t reduction, double mean_divisor, const Tensor& loss_rows,
+                    const Tensor& logits) {
+  if (reduction == kReductionNone) return loss_rows;
+  const double value = reduction == kReductionMean ? totals.loss_sum / mean_divisor : totals.loss_sum;
+  return at::scalar_tensor(value, logits.options());
+}
+
+Tensor status_of(const ForwardTotals& totals, const Tensor& logits) {
+  Tensor status = new_status(logits);
+  int64_t* s = status.mutable_data_ptr<int64_t>();
+  s[kStatusInvalidPosition] = totals.invalid.position;
+  s[kStatusInvalidValue] = totals.invalid.value;
+  s[kStatusInvalidCount] = totals.invalid.count;
+  s[kStatusNonFiniteRow] = totals.nonfinite_row;
+  s[kStatusNonFiniteClass] = totals.nonfinite_class;
+  s[kStatusNonFiniteCount] = totals.nonfinite_count;
+  return status;
+}
+
+ForwardOutputs forward_outputs(const Tensor& loss_rows, const Tensor& lse, bool check_finite) {
+  return ForwardOutputs{loss_rows.defined() ? loss_rows.mutable_data_ptr() : nullptr, lse.mutable_data_ptr(),
+                        check_finite};
+}
+
+// grad_output as the kernels want it: per row for 'none', else one scalar (divided by the total
+// weight for 'mean'). grad_output is on the CPU, so reading it costs nothing.
+struct ScaleHolder {
+  Tensor per_row;
+  GradScale scale;
+};
+
+ScaleHolder grad_scale(const Tensor& grad_loss, int64_t reduction, double total_weight, at::ScalarType acc) {
+  ScaleHolder h;
+  if (reduction == kReductionNone) {
+    h.per_row = grad_loss.to(acc).contiguous();
+    h.scale = GradScale{h.per_row.const_data_ptr(), 0.0};
+  } else {
+    h.scale = GradScale{nullptr, reduction_scale<double>(reduction, grad_loss.item<double>(), total_weight)};
+  }
+  return h;
+}
+
+GradOutput grad_output_of(const Tensor& grad) {
+  return GradOutput{grad.mutable_data_ptr(), make_row_geometry(grad)};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& logits, const Tensor& target,
+                                                                 const std::optional<Tensor>& weight,
+                                                                 int64_t reduction, int64_t ignore_index,
+                                                                 double label_smoothing, bool check_finite,
+                                                                 int64_t /*validate: the CPU always raises*/) {
+  check_index_op_args(logits, target, weight, reduction);
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Tensor target_c = target.contiguous();
+  const Tensor w = weights_for_kernel(weight, acc);
+  const LogitsView x = view_of(logits);
+  const Tensor lse = at::empty({x.geo.num_rows}, logits.options().dtype(acc));
+  const Tensor loss_rows = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options()) : Tensor();
+  const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
+  const ForwardTotals totals = kernels().index_forward(x, t, options_of(w, label_smoothing, reduction),
+                                                      forward_outputs(loss_rows, lse, check_finite));
+  const Tensor status = status_of(totals, logits);
+  raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
+  return {reduced_loss(totals, reduction, totals.total_weight, loss_rows, logits), lse,
+          at::scalar_tensor(totals.total_weight, logits.options().dtype(acc)), status};
+}
+
+Tensor cross_entropy_bwd_cpu(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                             const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                             int64_t reduction, int64_t ignore_index, double label_smoothing) {
+  check_index_op_args(logits, target, weight, reduction);
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Tensor target_c = target.contiguous();
+  const Tensor w = weights_for_kernel(weight, acc);
+  const Tensor lse_c = lse.to(acc).contiguous();
+  const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight.item<double>(), acc);
+  Tensor grad = at::empty_like(logits);
+  const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
+  kernels().index_backward(view_of(logits), t, options_of(w, label_smoothing, reduction), lse_c.const_data_ptr(),
+                           scale.scale, grad_output_of(grad));
+  return grad;
+}
+
+std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cpu(const Tensor& logits, const Tensor& target,
+                                                              const std::optional<Tensor>& weight,
+                                                              int64_t reduction, double label_smoothing,
+                                                              bool check_finite) {
+  check_prob_op_args(logits, target, weight, reduction);
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Tensor w = weights_for_kernel(weight, acc);
+  const LogitsView x = view_of(logits);
+  const Tensor lse = at::empty({x.geo.num_rows}, logits.options().dtype(acc));
+  const Tensor loss_rows = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options()) : Tensor();
+  const ForwardTotals totals = kernels().prob_forward(x, view_of(target), options_of(w, label_smoothing, reduction),
+                                                     forward_outputs(loss_rows, lse, check_finite));
+  const Tensor status = status_of(totals, logits);
+  raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, -100, logits.sizes());
+  // Torch's mean over probability targets divides by the number of rows, never by weights.
+  return {reduced_loss(totals, reduction, static_cast<double>(x.geo.num_rows), loss_rows, logits), lse, status};
+}
+
+std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cpu(const Tensor& grad_loss, const Tensor& logits,
+                                                      const Tensor& target, const std::optional<Tensor>& weight,
+                                                      const Tensor& lse, int64_t reduction, double label_smoothing,
+                                                      bool target_grad) {
+  check_prob_op_args(logits, target, weight, reduction);
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Tensor w = weights_for_kernel(weight, acc);
+  const Tensor lse_c = lse.to(acc).contiguous();
+  const LogitsView x = view_of(logits);
+  const ScaleHolder scale = grad_scale(grad_loss, reduction, static_cast<double>(x.geo.num_rows), acc);
+  Tensor grad_x = at::empty_like(logits);
+  Tensor grad_q = target_grad ? at::empty_like(target) : at::empty({0}, logits.options());
+  const GradOutput gq = target_grad ? grad_output_of(grad_q) : GradOutput{};
+  kernels().prob_backward(x, view_of(target), options_of(w, label_smoothing, reduction), lse_c.const_data_ptr(),
+                          scale.scale, grad_output_of(grad_x), target_grad ? &gq : nullptr);
+  return {grad_x, grad_q};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(validated_loss, CPU, m) {
+  m.impl("cross_entropy_fwd", &cross_entropy_fwd_cpu);
+  m.impl("cross_entropy_bwd", &cross_entropy_bwd_cpu);
+  m.impl("cross_entropy_prob_fwd", &cross_entropy_prob_fwd_cpu);
+  m.impl("cross_entropy_prob_bwd", &cross_entropy_prob_bwd_cpu);
+}
+
+}  // namespace validated_loss::cpu

@@ -1,0 +1,507 @@
+// CPU kernels, compiled once per CPU capability (kernels_default/avx2/avx512.cpp include this file
+// with that capability's flags and CPU_CAPABILITY macro, so at::vec::Vectorized has that width).
+//
+// Shape of every kernel: rows in parallel (at::parallel_for), each row walked in chunks of
+// kChunkElems classes. A chunk is read from memory once, widened to the accumulate type in an
+// L1-resident buffer when needed (half types, strided rows), and then every per-chunk quantity is
+// computed from that buffer with Vectorized<acc_t>. The per-row math comes from xent_row.h.
+#pragma once
+
+#include <algorithm>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include "kernel_api.h"
+
+namespace validated_loss::cpu {
+namespace CPU_CAPABILITY {  // a namespace per capability: no symbol is shared between widths
+
+using at::vec::Vectorized;
+
+template <typename scalar_t>
+using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+constexpr int64_t kChunkElems = 2048;  // 8 KiB of float: stays in L1 while it is worked on
+
+// Rows per reduction block: a function of C only, so a sum never depends on the thread count.
+inline int64_t rows_per_block(int64_t num_classes) {
+  return std::max<int64_t>(1, 32768 / std::max<int64_t>(num_classes, 1));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Moving one chunk of a row between memory and accumulate precision.
+
+// Returns the chunk as acc_t values: the memory itself when it already is (contiguous float or
+// double), else `buf` filled from it.
+template <typename scalar_t, typename acc_t>
+const acc_t* load_chunk(const scalar_t* row, int64_t stride, int64_t c0, int64_t len, acc_t* buf) {
+  const scalar_t* p = row + c0 * stride;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (stride == 1) return p;
+  }
+  if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
+    if (stride == 1) {
+      using Vec = Vectorized<float>;
+      int64_t c = 0;
+      for (; c + Vec::size() <= len; c += Vec::size()) {
+        Vec v;
+        at::vec::load_to_float(p + c, v);
+        v.store(buf + c);
+      }
+      for (; c < len; ++c) buf[c] = static_cast<acc_t>(p[c]);
+      return buf;
+    }
+  }
+  for (int64_t c = 0; c < len; ++c) buf[c] = static_cast<acc_t>(p[c * stride]);
+  return buf;
+}
+
+// Where a chunk of results is computed: straight into the output when it has the accumulate
+// type and is contiguous, else into `buf` (then store_chunk narrows or scatters it).
+template <typename scalar_t, typename acc_t>
+acc_t* chunk_target(scalar_t* row, int64_t stride, int64_t c0, acc_t* buf) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (stride == 1) return row + c0;
+  }
+  return buf;
+}
+
+template <typename scalar_t, typename acc_t>
+void store_chunk(scalar_t* row, int64_t stride, int64_t c0, int64_t len, const acc_t* values) {
+  scalar_t* p = row + c0 * stride;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    if (stride == 1) return;  // computed in place by chunk_target
+  }
+  if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
+    if (stride == 1) {
+      using Vec = Vectorized<float>;
+      int64_t c = 0;
+      for (; c + 2 * Vec::size() <= len; c += 2 * Vec::size()) {
+        at::vec::convert_from_float<scalar_t>(Vec::loadu(values + c), Vec::loadu(values + c + Vec::size()))
+            .store(p + c);
+      }
+      for (; c < len; ++c) p[c] = static_cast<scalar_t>(values[c]);
+      return;
+    }
+  }
+  for (int64_t c = 0; c < len; ++c) p[c * stride] = static_cast<scalar_t>(values[c]);
+}
+
+template <typename scalar_t>
+void zero_row(scalar_t* row, int64_t stride, int64_t len) {
+  if (stride == 1) {
+    std::fill(row, row + len, scalar_t(0));
+  } else {
+    for (int64_t c = 0; c < len; ++c) row[c * stride] = scalar_t(0);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vector math over one chunk held as acc_t values.
+
+template <typename acc_t>
+Vectorized<acc_t> vexp(const Vectorized<acc_t>& v) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    return v.exp_u20();  // ~2 ulp, the variant ATen's own softmax kernels use
+  } else {
+    return v.exp();
+  }
+}
+
+// NaN-propagating max, like at::vec::maximum.
+template <typename acc_t>
+acc_t nan_max(acc_t a, acc_t b) {
+  return (a != a || a > b) ? a : b;
+}
+
+template <typename acc_t>
+acc_t chunk_max(const acc_t* x, int64_t n) {
+  using Vec = Vectorized<acc_t>;
+  acc_t m = -INFINITY;
+  int64_t c = 0;
+  if (n >= Vec::size()) {
+    Vec vm = Vec::loadu(x);
+    for (c = Vec::size(); c + Vec::size() <= n; c += Vec::size()) vm = at::vec::maximum(vm, Vec::loadu(x + c));
+    m = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vm);
+  }
+  for (; c < n; ++c) m = nan_max(m, x[c]);
+  return m;
+}
+
+// Smallest element, only asked for by check_finite (a -inf logit does not show in the max).
+template <typename acc_t>
+acc_t chunk_min(const acc_t* x, int64_t n) {
+  acc_t m = INFINITY;
+  for (int64_t c = 0; c < n; ++c) m = (x[c] != x[c] || x[c] < m) ? x[c] : m;
+  return m;
+}
+
+// sum_c exp(x_c - m); m is the chunk's max, so nothing overflows.
+template <typename acc_t>
+acc_t chunk_sum_exp(const acc_t* x, int64_t n, acc_t m) {
+  using Vec = Vectorized<acc_t>;
+  const Vec vm(m);
+  Vec acc(acc_t(0));
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) acc = acc + vexp(Vec::loadu(x + c) - vm);
+  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc);
+  for (; c < n; ++c) s += std::exp(x[c] - m);
+  return s;
+}
+
+// RowSums over a chunk (see xent_row.h): w == nullptr means unit weights, q == nullptr means a
+// class-index row (only swd is formed, and only when `with_swd`).
+template <typename acc_t>
+RowSums<acc_t> chunk_row_sums(const acc_t* x, const acc_t* w, const acc_t* q, int64_t n, acc_t ref, bool with_swd) {
+  using Vec = Vectorized<acc_t>;
+  const Vec vref(ref), one(acc_t(1));
+  Vec swd(acc_t(0)), swq(acc_t(0)), swqd(acc_t(0));
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    const Vec d = Vec::loadu(x + c) - vref;
+    const Vec wv = w ? Vec::loadu(w + c) : one;
+    if (with_swd) swd = swd + wv * d;
+    if (q) {
+      const Vec wq = wv * Vec::loadu(q + c);
+      swq = swq + wq;
+      swqd = swqd + wq * d;
+    }
+  }
+  auto hsum = [](Vec v) { return at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, v); };
+  RowSums<acc_t> sums{hsum(swd), hsum(swq), hsum(swqd)};
+  for (; c < n; ++c) {
+    RowSums<acc_t> e = row_sums_element<acc_t>(x[c], w ? w[c] : acc_t(1), q ? q[c] : acc_t(0), ref);
+    if (!with_swd) e.swd = 0;
+    sums = row_sums_add(sums, e);
+  }
+  return sums;
+}
+
+// out_c = k * (S exp(x_c - lse) - a_c) with a_c = w_c (share q_c + eps/C): both target kinds.
+// For a class-index row q == nullptr (a_c is then the smoothing share alone; the caller writes
+// the target element itself, from acc_t, so its cancellation never goes through a rounded value).
+template <typename acc_t>
+void chunk_grad(acc_t* out, const acc_t* x, const acc_t* w, const acc_t* q, int64_t n, acc_t lse, acc_t scale,
+                acc_t mass, acc_t share, acc_t eps_per_class) {
+  using Vec = Vectorized<acc_t>;
+  const Vec vlse(lse), vks(scale * mass), vk(scale), vshare(share), veps(eps_per_class), one(acc_t(1));
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    const Vec p_term = vks * vexp(Vec::loadu(x + c) - vlse);
+    const Vec wv = w ? Vec::loadu(w + c) : one;
+    Vec a = q ? vshare * Vec::loadu(q + c) + veps : veps;
+    (p_term - vk * (wv * a)).store(out + c);
+  }
+  for (; c < n; ++c) {
+    const acc_t wc = w ? w[c] : acc_t(1);
+    const acc_t a = wc * ((q ? share * q[c] : acc_t(0)) + eps_per_class);
+    out[c] = grad_element<acc_t>(scale, mass, x[c], lse, a);
+  }
+}
+
+// d loss / d q_c = -k share w_c (x_c - lse).
+template <typename acc_t>
+void chunk_target_grad(acc_t* out, const acc_t* x, const acc_t* w, int64_t n, acc_t lse, acc_t scale, acc_t share) {
+  using Vec = Vectorized<acc_t>;
+  const Vec vlse(lse), vneg(-scale * share), one(acc_t(1));
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    const Vec wv = w ? Vec::loadu(w + c) : one;
+    (vneg * wv * (Vec::loadu(x + c) - vlse)).store(out + c);
+  }
+  for (; c < n; ++c) out[c] = -scale * share * (w ? w[c] : acc_t(1)) * (x[c] - lse);
+}
+
+// ---------------------------------------------------------------------------------------------
+// One row's forward scan: its lse, its shifted sums, and (check_finite) its first bad class.
+
+template <typename acc_t>
+struct RowScan {
+  LseState<acc_t> lse;
+  RowSums<acc_t> sums;
+  acc_t ref;
+  int64_t nonfinite_class;  // -1 when none found or not asked
+};
+
+template <typename scalar_t, typename acc_t>
+RowScan<acc_t> scan_row(const scalar_t* x_row, int64_t x_stride, const scalar_t* q_row, int64_t q_stride,
+                        int64_t num_classes, const acc_t* weight, bool with_swd, bool check_finite, acc_t* xbuf,
+                        acc_t* qbuf) {
+  RowScan<acc_t> scan{lse_empty<acc_t>(), row_sums_zero<acc_t>(), acc_t(0), -1};
+  if (num_classes == 0) return scan;
+  scan.ref = row_reference(static_cast<acc_t>(x_row[0]));
+  const bool need_sums = with_swd || q_row != nullptr;
+  for (int64_t c0 = 0; c0 < num_classes; c0 += kChunkElems) {
+    const int64_t n = std::min(kChunkElems, num_classes - c0);
+    const acc_t* xs = load_chunk(x_row, x_stride, c0, n, xbuf);
+    const acc_t m = chunk_max(xs, n);
+    if (m != -INFINITY) scan.lse = lse_combine(scan.lse, LseState<acc_t>{m, chunk_sum_exp(xs, n, m)});
+    if (check_finite && scan.nonfinite_class < 0 && !(m - m == 0 && chunk_min(xs, n) - m <= 0)) {
+      for (int64_t c = 0; c < n; ++c) {
+        if (!(xs[c] - xs[c] == 0)) {
+          scan.nonfinite_class = c0 + c;
+          break;
+        }
+      }
+    }
+    if (need_sums) {
+      const acc_t* qs = q_row ? load_chunk(q_row, q_stride, c0, n, qbuf) : nullptr;
+      scan.sums = row_sums_add(scan.sums, chunk_row_sums(xs, weight ? weight + c0 : nullptr, qs, n, scan.ref, with_swd));
+    }
+  }
+  return scan;
+}
+
+template <typename acc_t>
+LossConstants<acc_t> loss_constants(const LossOptions& o, int64_t num_classes) {
+  acc_t sum_weight = acc_t(num_classes);
+  if (o.weight) {
+    const acc_t* w = static_cast<const acc_t*>(o.weight);
+    sum_weight = 0;
+    for (int64_t c = 0; c < num_classes; ++c) sum_weight += w[c];
+  }
+  return {num_classes, static_cast<acc_t>(o.label_smoothing), sum_weight};
+}
+
+inline int64_t read_target(const IndexTargets& t, int64_t r) {
+  return t.is_byte ? static_cast<int64_t>(static_cast<const uint8_t*>(t.data)[r])
+                   : static_cast<const int64_t*>(t.data)[r];
+}
+
+inline ForwardTotals merge_totals(const std::vector<ForwardTotals>& parts) {
+  ForwardTotals total;
+  for (const auto& p : parts) {  // in block order: the result is the same for any thread count
+    total.loss_sum += p.loss_sum;
+    total.total_weight += p.total_weight;
+    total.invalid = invalid_merge(total.invalid, p.invalid);
+    if (total.nonfinite_row < 0 && p.nonfinite_row >= 0) {
+      total.nonfinite_row = p.nonfinite_row;
+      total.nonfinite_class = p.nonfinite_class;
+    }
+    total.nonfinite_count += p.nonfinite_count;
+  }
+  return total;
+}
+
+// Runs body(row, totals) for every row, in fixed blocks of rows, and merges the blocks' totals.
+template <typename Body>
+ForwardTotals for_each_row_block(int64_t num_rows, int64_t num_classes, const Body& body) {
+  const int64_t block = rows_per_block(num_classes);
+  const int64_t num_blocks = (num_rows + block - 1) / block;
+  std::vector<ForwardTotals> parts(num_blocks);
+  at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      ForwardTotals part;
+      for (int64_t r = b * block; r < std::min(num_rows, (b + 1) * block); ++r) body(r, part);
+      parts[b] = part;
+    }
+  });
+  return merge_totals(parts);
+}
+
+inline void note_nonfinite(ForwardTotals& part, int64_t row, int64_t cls) {
+  if (cls < 0) return;
+  if (part.nonfinite_row < 0) {
+    part.nonfinite_row = row;
+    part.nonfinite_class = cls;
+  }
+  part.nonfinite_count += 1;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Class-index targets.
+
+template <typename scalar_t>
+ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, const LossOptions& o,
+                                  const ForwardOutputs& out) {
+  using acc_t = acc_type<scalar_t>;
+  const RowGeometry& g = xv.geo;
+  const auto* x = static_cast<const scalar_t*>(xv.data);
+  const auto* w = static_cast<const acc_t*>(o.weight);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(o, g.num_classes);
+  auto* loss_rows = static_cast<scalar_t*>(out.loss_rows);
+  auto* lse_out = static_cast<acc_t*>(out.lse);
+  return for_each_row_block(g.num_rows, g.num_classes, [&](int64_t r, ForwardTotals& part) {
+    alignas(64) acc_t xbuf[kChunkElems];
+    const int64_t y = read_target(t, r);
+    const TargetKind kind = classify_target(y, g.num_classes, t.ignore_index);
+    acc_t loss = 0, lse = 0;
+    if (kind == kTargetInvalid) {
+      // Never used as an address: the row is poisoned and the status says where.
+      part.invalid = invalid_merge(part.invalid, InvalidTarget{r, y, 1});
+      loss = lse = NAN;
+    } else if (kind == kTargetValid) {
+      const scalar_t* row = x + row_offset(g, r);
+      const RowScan<acc_t> scan = scan_row<scalar_t, acc_t>(row, g.class_stride, nullptr, 0, g.num_classes, w,
+                                                            has_smoothing(k), out.check_finite, xbuf, nullptr);
+      note_nonfinite(part, r, scan.nonfinite_class);
+      lse = lse_value(scan.lse);
+      const acc_t w_y = w ? w[y] : acc_t(1);
+      loss = index_row_loss(k, lse, scan.ref, static_cast<acc_t>(row[y * g.class_stride]), w_y, scan.sums);
+      part.total_weight += w_y;
+    }
+    part.loss_sum += loss;
+    lse_out[r] = lse;
+    if (loss_rows) loss_rows[r] = static_cast<scalar_t>(loss);
+  });
+}
+
+template <typename scalar_t>
+void index_backward_typed(const LogitsView& xv, const IndexTargets& t, const LossOptions& o, const void* lse_ptr,
+                          const GradScale& gs, const GradOutput& gout) {
+  using acc_t = acc_type<scalar_t>;
+  const RowGeometry& g = xv.geo;
+  const int64_t C = g.num_classes;
+  const auto* x = static_cast<const scalar_t*>(xv.data);
+  const auto* w = static_cast<const acc_t*>(o.weight);
+  const auto* lse = static_cast<const acc_t*>(lse_ptr);
+  const auto* per_row = static_cast<const acc_t*>(gs.per_row);
+  auto* grad = static_cast<scalar_t*>(gout.data);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(o, C);
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
+  at::parallel_for(0, g.num_rows, grain, [&](int64_t r0, int64_t r1) {
+    alignas(64) acc_t xbuf[kChunkElems];
+    alignas(64) acc_t gbuf[kChunkElems];
+    for (int64_t r = r0; r < r1; ++r) {
+      scalar_t* grow = grad + row_offset(gout.geo, r);
+      const int64_t y = read_target(t, r);
+      if (classify_target(y, C, t.ignore_index) != kTargetValid) {
+        zero_row(grow, gout.geo.class_stride, C);
+        continue;
+      }
+      const scalar_t* row = x + row_offset(g, r);
+      const acc_t scale = per_row ? per_row[r] : static_cast<acc_t>(gs.scalar);
+      const acc_t w_y = w ? w[y] : acc_t(1);
+      const acc_t mass = index_row_mass(k, w_y);
+      for (int64_t c0 = 0; c0 < C; c0 += kChunkElems) {
+        const int64_t n = std::min(kChunkElems, C - c0);
+        const acc_t* xs = load_chunk(row, g.class_stride, c0, n, xbuf);
+        acc_t* gs_out = chunk_target(grow, gout.geo.class_stride, c0, gbuf);
+        chunk_grad<acc_t>(gs_out, xs, w ? w + c0 : nullptr, nullptr, n, lse[r], scale, mass, acc_t(0),
+                          smoothing_per_class(k));
+        store_chunk(grow, gout.geo.class_stride, c0, n, gs_out);
+      }
+      // The target element, recomputed whole in acc_t (not patched into a rounded value).
+      const acc_t a_y = index_target_mass(k, w_y, true, w_y);
+      grow[y * gout.geo.class_stride] = static_cast<scalar_t>(
+          grad_element(scale, mass, static_cast<acc_t>(row[y * g.class_stride]), lse[r], a_y));
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Probability targets (same dtype and shape as the logits, any strides).
+
+template <typename scalar_t>
+ForwardTotals prob_forward_typed(const LogitsView& xv, const LogitsView& qv, const LossOptions& o,
+                                 const ForwardOutputs& out) {
+  using acc_t = acc_type<scalar_t>;
+  const RowGeometry& g = xv.geo;
+  const auto* x = static_cast<const scalar_t*>(xv.data);
+  const auto* q = static_cast<const scalar_t*>(qv.data);
+  const auto* w = static_cast<const acc_t*>(o.weight);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(o, g.num_classes);
+  auto* loss_rows = static_cast<scalar_t*>(out.loss_rows);
+  auto* lse_out = static_cast<acc_t*>(out.lse);
+  return for_each_row_block(g.num_rows, g.num_classes, [&](int64_t r, ForwardTotals& part) {
+    alignas(64) acc_t xbuf[kChunkElems];
+    alignas(64) acc_t qbuf[kChunkElems];
+    const RowScan<acc_t> scan =
+        scan_row<scalar_t, acc_t>(x + row_offset(g, r), g.class_stride, q + row_offset(qv.geo, r), qv.geo.class_stride,
+                                  g.num_classes, w, has_smoothing(k), out.check_finite, xbuf, qbuf);
+    note_nonfinite(part, r, scan.nonfinite_class);
+    const acc_t lse = lse_value(scan.lse);
+    // An empty class dimension has nothing to sum: the row's loss is 0, as torch's sum over it.
+    const acc_t loss = g.num_classes == 0 ? acc_t(0) : prob_row_loss(k, lse, scan.ref, scan.sums);
+    part.loss_sum += loss;
+    lse_out[r] = lse;
+    if (loss_rows) loss_rows[r] = static_cast<scalar_t>(loss);
+  });
+}
+
+template <typename scalar_t>
+void prob_backward_typed(const LogitsView& xv, const LogitsView& qv, const LossOptions& o, const void* lse_ptr,
+                         const GradScale& gs, const GradOutput& gx, const GradOutput* gq) {
+  using acc_t = acc_type<scalar_t>;
+  const RowGeometry& g = xv.geo;
+  const int64_t C = g.num_classes;
+  const auto* x = static_cast<const scalar_t*>(xv.data);
+  const auto* q = static_cast<const scalar_t*>(qv.data);
+  const auto* w = static_cast<const acc_t*>(o.weight);
+  const auto* lse = static_cast<const acc_t*>(lse_ptr);
+  const auto* per_row = static_cast<const acc_t*>(gs.per_row);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(o, C);
+  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
+  at::parallel_for(0, g.num_rows, grain, [&](int64_t r0, int64_t r1) {
+    alignas(64) acc_t xbuf[kChunkElems];
+    alignas(64) acc_t qbuf[kChunkElems];
+    alignas(64) acc_t gbuf[kChunkElems];
+    for (int64_t r = r0; r < r1; ++r) {
+      const scalar_t* xrow = x + row_offset(g, r);
+      const scalar_t* qrow = q + row_offset(qv.geo, r);
+      scalar_t* gxrow = static_cast<scalar_t*>(gx.data) + row_offset(gx.geo, r);
+      scalar_t* gqrow = gq ? static_cast<scalar_t*>(gq->data) + row_offset(gq->geo, r) : nullptr;
+      const acc_t scale = per_row ? per_row[r] : static_cast<acc_t>(gs.scalar);
+      // S needs the whole row's sum_c w_c q_c before the first gradient element can be written.
+      acc_t swq = 0;
+      for (int64_t c0 = 0; c0 < C; c0 += kChunkElems) {
+        const int64_t n = std::min(kChunkElems, C - c0);
+        const acc_t* qs = load_chunk(qrow, qv.geo.class_stride, c0, n, qbuf);
+        swq += chunk_row_sums<acc_t>(qs, w ? w + c0 : nullptr, qs, n, acc_t(0), false).swq;
+      }
+      const acc_t mass = prob_row_mass(k, swq);
+      for (int64_t c0 = 0; c0 < C; c0 += kChunkElems) {
+        const int64_t n = std::min(kChunkElems, C - c0);
+        const acc_t* xs = load_chunk(xrow, g.class_stride, c0, n, xbuf);
+        const acc_t* qs = load_chunk(qrow, qv.geo.class_stride, c0, n, qbuf);
+        const acc_t* wc = w ? w + c0 : nullptr;
+        acc_t* out = chunk_target(gxrow, gx.geo.class_stride, c0, gbuf);
+        chunk_grad<acc_t>(out, xs, wc, qs, n, lse[r], scale, mass, target_share(k), smoothing_per_class(k));
+        store_chunk(gxrow, gx.geo.class_stride, c0, n, out);
+        if (gqrow) {
+          out = chunk_target(gqrow, gq->geo.class_stride, c0, gbuf);
+          chunk_target_grad<acc_t>(out, xs, wc, n, lse[r], scale, target_share(k));
+          store_chunk(gqrow, gq->geo.class_stride, c0, n, out);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace CPU_CAPABILITY
+
+// Entry points of this capability (declared in kernel_api.h), dispatching on the logits' dtype.
+namespace CPU_CAPABILITY {
+
+ForwardTotals index_forward(const LogitsView& x, const IndexTargets& t, const LossOptions& o,
+                            const ForwardOutputs& out) {
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.dtype, "index_forward",
+                                         [&] { return index_forward_typed<scalar_t>(x, t, o, out); });
+}
+
+void index_backward(const LogitsView& x, const IndexTargets& t, const LossOptions& o, const void* lse,
+                    const GradScale& g, const GradOutput& grad) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.dtype, "index_backward",
+                                  [&] { index_backward_typed<scalar_t>(x, t, o, lse, g, grad); });
+}
+
+ForwardTotals prob_forward(const LogitsView& x, const LogitsView& q, const LossOptions& o,
+                           const ForwardOutputs& out) {
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.dtype, "prob_forward",
+                                         [&] { return prob_forward_typed<scalar_t>(x, q, o, out); });
+}
+
+void prob_backward(const LogitsView& x, const LogitsView& q, const LossOptions& o, const void* lse,
+                   const GradScale& g, const GradOutput& grad_x, const GradOutput* grad_q) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.dtype, "prob_backward",
+                                  [&] { prob_backward_typed<scalar_t>(x, q, o, lse, g, grad_x, grad_q); });
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace validated_loss::cpu

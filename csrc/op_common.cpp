@@ -1,0 +1,178 @@
+#include "op_common.h"
+
+#include <algorithm>
+#include <sstream>
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full.h>
+#include <c10/util/Exception.h>
+
+#include "status.h"
+
+namespace validated_loss {
+
+at::ScalarType accumulate_dtype(at::ScalarType logits_dtype) {
+  return logits_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+static void check_logits(const at::Tensor& logits) {
+  TORCH_CHECK(logits.dim() >= 2, "validated_loss: logits must be (N, C, d1..dk), got ", logits.sizes());
+  const auto t = logits.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16,
+              "validated_loss: logits must be float32, float64, float16 or bfloat16, got ", t);
+}
+
+static void check_weight(const std::optional<at::Tensor>& weight, const at::Tensor& logits) {
+  if (!weight.has_value() || !weight->defined()) return;
+  TORCH_CHECK(weight->numel() == logits.size(1), "validated_loss: weight must hold ", logits.size(1),
+              " class weights, got ", weight->sizes());
+  TORCH_CHECK(weight->device() == logits.device(), "validated_loss: weight is on ", weight->device(),
+              ", logits on ", logits.device());
+}
+
+static void check_reduction(int64_t reduction) {
+  TORCH_CHECK(reduction >= kReductionNone && reduction <= kReductionSum,
+              "validated_loss: reduction code must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
+}
+
+void check_index_op_args(const at::Tensor& logits, const at::Tensor& target,
+                         const std::optional<at::Tensor>& weight, int64_t reduction) {
+  check_logits(logits);
+  check_reduction(reduction);
+  TORCH_CHECK(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte,
+              "validated_loss: class-index targets must be int64 or uint8, got ", target.scalar_type());
+  TORCH_CHECK(target.device() == logits.device(), "validated_loss: target is on ", target.device(),
+              ", logits on ", logits.device());
+  TORCH_CHECK(target.sizes() == at::IntArrayRef(rows_shape(logits)),
+              "validated_loss: target must have shape ", at::IntArrayRef(rows_shape(logits)), ", got ",
+              target.sizes());
+  check_weight(weight, logits);
+}
+
+void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
+                        const std::optional<at::Tensor>& weight, int64_t reduction) {
+  check_logits(logits);
+  check_reduction(reduction);
+  TORCH_CHECK(target.sizes() == logits.sizes(), "validated_loss: probability targets must have the logits' shape ",
+              logits.sizes(), ", got ", target.sizes());
+  TORCH_CHECK(target.scalar_type() == logits.scalar_type(),
+              "validated_loss: probability targets must have the logits' dtype ", logits.scalar_type(),
+              ", got ", target.scalar_type());
+  TORCH_CHECK(target.device() == logits.device(), "validated_loss: target is on ", target.device(),
+              ", logits on ", logits.device());
+  check_weight(weight, logits);
+}
+
+std::vector<int64_t> rows_shape(const at::Tensor& logits) {
+  std::vector<int64_t> shape(logits.sizes().begin(), logits.sizes().end());
+  shape.erase(shape.begin() + 1);
+  return shape;
+}
+
+RowGeometry make_row_geometry(const at::Tensor& logits) {
+  RowGeometry g{};
+  g.num_classes = logits.size(1);
+  g.class_stride = logits.stride(1);
+  g.num_rows = 1;
+  // Row dimensions, outermost first, without size-1 dimensions (their stride never matters).
+  std::vector<std::pair<int64_t, int64_t>> dims;
+  for (int64_t d = 0; d < logits.dim(); ++d) {
+    if (d == 1) continue;
+    g.num_rows *= logits.size(d);
+    if (logits.size(d) != 1) dims.emplace_back(logits.size(d), logits.stride(d));
+  }
+  // Merge a dimension into the one outside it when the outer stride is size * inner stride.
+  std::vector<std::pair<int64_t, int64_t>> merged;
+  for (const auto& dim : dims) {
+    if (!merged.empty() && merged.back().second == dim.first * dim.second) {
+      merged.back() = {merged.back().first * dim.first, dim.second};
+    } else {
+      merged.push_back(dim);
+    }
+  }
+  if (merged.empty()) merged.emplace_back(1, 0);
+  TORCH_CHECK(merged.size() <= static_cast<size_t>(kMaxRowDims),
+              "validated_loss: logits with more than ", kMaxRowDims, " non-mergeable row dimensions");
+  g.ndim = static_cast<int>(merged.size());
+  for (int d = 0; d < g.ndim; ++d) {
+    g.sizes[d] = merged[d].first;
+    g.strides[d] = merged[d].second;
+  }
+  return g;
+}
+
+at::Tensor weights_for_kernel(const std::optional<at::Tensor>& weight, at::ScalarType acc_dtype) {
+  if (!weight.has_value() || !weight->defined()) return at::Tensor();
+  return weight->reshape({-1}).to(acc_dtype).contiguous();
+}
+
+at::Tensor new_status(const at::Tensor& like) {
+  auto status = at::full({kStatusSize}, -1, like.options().dtype(at::kLong));
+  return status;
+}
+
+// Row-major multi-index of a flat position, as "[i, j, k]".
+static std::string format_index(at::IntArrayRef sizes, int64_t position) {
+  std::vector<int64_t> index(sizes.size());
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    const int64_t size = std::max<int64_t>(sizes[d], 1);
+    index[d] = position % size;
+    position /= size;
+  }
+  std::ostringstream out;
+  out << "[";
+  for (size_t d = 0; d < index.size(); ++d) out << (d ? ", " : "") << index[d];
+  out << "]";
+  return out.str();
+}
+
+static std::string likely_cause(int64_t value, int64_t num_classes) {
+  if (value < 0) {
+    return "negative labels used as padding or 'no label': pass ignore_index=" + std::to_string(value) +
+           " (or map them to the ignore_index in force).";
+  }
+  if (value == num_classes) {
+    return "labels numbered 1.." + std::to_string(num_classes) + " instead of 0.." +
+           std::to_string(num_classes - 1) + " (subtract 1), or a model head with one class too few.";
+  }
+  if (value == 255) {
+    return "a segmentation mask whose 'void'/border pixels are 255 (pass ignore_index=255), or grey "
+           "values 0..255 that were never mapped to class indices.";
+  }
+  return "a model head with fewer outputs (" + std::to_string(num_classes) +
+         ") than the label set, or labels from another dataset or label map.";
+}
+
+std::string invalid_target_message(at::IntArrayRef target_sizes, int64_t position, int64_t value,
+                                   int64_t count, int64_t num_classes, int64_t ignore_index) {
+  int64_t numel = 1;
+  for (auto s : target_sizes) numel *= s;
+  std::ostringstream out;
+  out << "Target " << value << " is out of bounds. target" << format_index(target_sizes, position) << " = "
+      << value << " is not a class index in [0, " << num_classes << ") and is not ignore_index ("
+      << ignore_index << "); " << count << " of " << numel << " targets are invalid. Likely cause: "
+      << likely_cause(value, num_classes);
+  return out.str();
+}
+
+void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64_t num_classes,
+                      int64_t ignore_index, at::IntArrayRef logits_sizes) {
+  if (status[kStatusInvalidCount] > 0) {
+    TORCH_CHECK_INDEX(false, invalid_target_message(target_sizes, status[kStatusInvalidPosition],
+                                                    status[kStatusInvalidValue], status[kStatusInvalidCount],
+                                                    num_classes, ignore_index));
+  }
+  if (status[kStatusNonFiniteCount] > 0) {
+    std::vector<int64_t> rows(logits_sizes.begin(), logits_sizes.end());
+    rows.erase(rows.begin() + 1);
+    TORCH_CHECK_VALUE(false, "Non-finite logits: input", format_index(rows, status[kStatusNonFiniteRow]),
+                      " (row ", status[kStatusNonFiniteRow], "), class ", status[kStatusNonFiniteClass],
+                      " is NaN or infinite; ", status[kStatusNonFiniteCount], " of ",
+                      c10::multiply_integers(rows),
+                      " rows hold a non-finite logit (logits shape ", logits_sizes,
+                      "). Likely cause: a diverging model (learning rate too high, no gradient "
+                      "clipping), float16 overflow without loss scaling, or NaN in the inputs.");
+  }
+}
+
+}  // namespace validated_loss

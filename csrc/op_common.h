@@ -1,0 +1,45 @@
+// Host-side pieces every backend's op shares: the ops' metadata contract, row geometry from a
+// tensor, output allocation and the messages built from a status record. ATen only (no
+// torch/extension.h), so the CUDA files can include it cheaply.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "row_geometry.h"
+
+namespace validated_loss {
+
+// float64 logits accumulate in float64, everything else in float32.
+at::ScalarType accumulate_dtype(at::ScalarType logits_dtype);
+
+// The ops' contract on shapes and dtypes. The Python layer has already explained any misuse in
+// the user's terms; these checks only guarantee that the kernels never index out of bounds.
+void check_index_op_args(const at::Tensor& logits, const at::Tensor& target,
+                         const std::optional<at::Tensor>& weight, int64_t reduction);
+void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
+                        const std::optional<at::Tensor>& weight, int64_t reduction);
+
+RowGeometry make_row_geometry(const at::Tensor& logits);
+
+// Shape of a 'none' loss: the logits' shape without the class dimension.
+std::vector<int64_t> rows_shape(const at::Tensor& logits);
+
+// Class weights as a contiguous accumulate-dtype vector (C floats), or an undefined tensor.
+at::Tensor weights_for_kernel(const std::optional<at::Tensor>& weight, at::ScalarType acc_dtype);
+
+// An int64[kStatusSize] record on `device` with "nothing found" in every field.
+at::Tensor new_status(const at::Tensor& like);
+
+// Raise the error a status record describes (IndexError for targets, ValueError for
+// non-finite logits), if any. `status` points at host memory.
+void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64_t num_classes,
+                      int64_t ignore_index, at::IntArrayRef logits_sizes);
+
+std::string invalid_target_message(at::IntArrayRef target_sizes, int64_t position, int64_t value,
+                                   int64_t count, int64_t num_classes, int64_t ignore_index);
+
+}  // namespace validated_loss

@@ -1,0 +1,40 @@
+// The library's schemas: the only place they are written. Each backend file registers kernels
+// for them with its own TORCH_LIBRARY_IMPL; Python registers fake kernels and autograd (_ops.py).
+//
+// Conventions shared by every op:
+//   logits      (N, C, d1..dk), k >= 0, class dim 1, any strides (the Python layer turns a 1-D
+//               (C,) input into (1, C)).
+//   reduction   at::Reduction codes: 0 none, 1 mean, 2 sum.
+//   'none' loss has the target's shape (index) or the logits' shape without dim 1 (probs).
+//   lse         one float per row (float64 for float64 logits), flat in row-major (n, d1..dk)
+//               order; saved for the backward so it never recomputes the max and sum.
+//   status      int64[6]: first invalid target (flat position, value), invalid count, first
+//               non-finite logit (row, class), non-finite count; -1 positions when none.
+//   validate    0 off, 1 sync, 2 deferred (CUDA; the CPU always raises at once).
+#include <Python.h>
+#include <torch/library.h>
+
+// `import validated_loss._C` loads this library, which registers the ops below; the module
+// itself holds nothing (every op is reached through torch.ops.validated_loss).
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+TORCH_LIBRARY(validated_loss, m) {
+  m.def(
+      "cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int reduction, "
+      "int ignore_index, float label_smoothing, bool check_finite=False, int validate=1) "
+      "-> (Tensor loss, Tensor lse, Tensor total_weight, Tensor status)");
+  m.def(
+      "cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
+      "Tensor lse, Tensor total_weight, int reduction, int ignore_index, float label_smoothing) "
+      "-> Tensor");
+  m.def(
+      "cross_entropy_prob_fwd(Tensor logits, Tensor target, Tensor? weight, int reduction, "
+      "float label_smoothing, bool check_finite=False) -> (Tensor loss, Tensor lse, Tensor status)");
+  m.def(
+      "cross_entropy_prob_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
+      "Tensor lse, int reduction, float label_smoothing, bool target_grad) "
+      "-> (Tensor grad_logits, Tensor grad_target)");
+}

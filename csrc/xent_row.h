@@ -1,0 +1,221 @@
+// Per-row cross-entropy math, written once for the CPU and CUDA kernels.
+//
+// Torch-free and __host__ __device__: the CPU build's tests execute every line of it, and the CUDA
+// kernels call the same functions. Kernels only decide *which* elements a thread reads; what is
+// computed from them lives here.
+//
+// Notation for one row (one batch/spatial position n): logits x_c over C classes, class weights
+// w_c (all 1 without a weight), smoothing eps, target class y or target distribution q_c.
+//   lse      = log sum_c exp(x_c)
+//   q'_c     = (1 - eps) q_c + eps / C           (probability targets)
+//   index loss  = (1 - eps) w_y (lse - x_y) + (eps / C) sum_c w_c (lse - x_c)
+//   prob  loss  = sum_c w_c q'_c (lse - x_c)
+//   gradient    = k * (S * softmax_c - a_c), with a_c the weighted target mass of class c,
+//                 S = sum_c a_c and k the reduction's scale (grad_output, or / total weight).
+// Sums of the form sum_c w_c (x_c - r) are taken against a fixed per-row reference r (the row's
+// first finite logit) so that partial sums from any split of the row just add, and so that large
+// logits do not cancel catastrophically against lse.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define XENT_HD __host__ __device__ __forceinline__
+#else
+#define XENT_HD inline
+#endif
+
+namespace validated_loss {
+
+// Same codes as at::Reduction, so the Python layer passes torch's own enum values.
+enum Reduction : int64_t { kReductionNone = 0, kReductionMean = 1, kReductionSum = 2 };
+
+// What a class-index target means for its row.
+enum TargetKind : int { kTargetValid = 0, kTargetIgnored = 1, kTargetInvalid = 2 };
+
+// ignore_index is matched first, as in torch: it may lie inside or outside [0, C).
+XENT_HD TargetKind classify_target(int64_t target, int64_t num_classes, int64_t ignore_index) {
+  if (target == ignore_index) return kTargetIgnored;
+  if (target >= 0 && target < num_classes) return kTargetValid;
+  return kTargetInvalid;
+}
+
+// Reference point for the shifted sums: finite, so that (x - r) is never inf - inf.
+template <typename acc_t>
+XENT_HD acc_t row_reference(acc_t first_logit) {
+  return (first_logit - first_logit == acc_t(0)) ? first_logit : acc_t(0);
+}
+
+// Running log-sum-exp of part of a row: max and sum of exp(x - max).
+template <typename acc_t>
+struct LseState {
+  acc_t max;
+  acc_t sum;
+};
+
+template <typename acc_t>
+XENT_HD LseState<acc_t> lse_empty() {
+  return {-INFINITY, acc_t(0)};
+}
+
+// Merge two partial states. A part that saw only -inf contributes nothing; NaN propagates.
+template <typename acc_t>
+XENT_HD LseState<acc_t> lse_combine(LseState<acc_t> a, LseState<acc_t> b) {
+  if (a.max == -INFINITY) return b;
+  if (b.max == -INFINITY) return a;
+  const acc_t m = a.max > b.max ? a.max : b.max;
+  if (m != m) return {m, m};  // NaN logit somewhere: the whole row is NaN, as in torch
+  // exp(inf - inf) would be NaN; a +inf max makes the row NaN anyway (torch does the same).
+  return {m, a.sum * std::exp(a.max - m) + b.sum * std::exp(b.max - m)};
+}
+
+// Add one logit to a running state (used for tails and by scalar and per-thread loops).
+template <typename acc_t>
+XENT_HD LseState<acc_t> lse_add(LseState<acc_t> s, acc_t x) {
+  return lse_combine(s, LseState<acc_t>{x, acc_t(1)});
+}
+
+template <typename acc_t>
+XENT_HD acc_t lse_value(LseState<acc_t> s) {
+  return s.max + std::log(s.sum);
+}
+
+// Shifted sums a row needs besides its lse (each is a plain sum over classes, so partial sums from
+// lanes, threads or chunks add up):
+//   swd  = sum_c w_c (x_c - r)           label smoothing (both target kinds)
+//   swq  = sum_c w_c q_c                 probability targets
+//   swqd = sum_c w_c q_c (x_c - r)       probability targets
+template <typename acc_t>
+struct RowSums {
+  acc_t swd;
+  acc_t swq;
+  acc_t swqd;
+};
+
+template <typename acc_t>
+XENT_HD RowSums<acc_t> row_sums_zero() {
+  return {acc_t(0), acc_t(0), acc_t(0)};
+}
+
+template <typename acc_t>
+XENT_HD RowSums<acc_t> row_sums_add(RowSums<acc_t> a, RowSums<acc_t> b) {
+  return {a.swd + b.swd, a.swq + b.swq, a.swqd + b.swqd};
+}
+
+// Contribution of one element; the kernels' vector loops compute the same three products.
+template <typename acc_t>
+XENT_HD RowSums<acc_t> row_sums_element(acc_t x, acc_t w, acc_t q, acc_t ref) {
+  const acc_t d = x - ref;
+  return {w * d, w * q, w * q * d};
+}
+
+// Per-call constants of the loss (the same for every row).
+template <typename acc_t>
+struct LossConstants {
+  int64_t num_classes;
+  acc_t smoothing;   // eps; <= 0 or NaN means none (torch tests eps > 0)
+  acc_t sum_weight;  // sum_c w_c (C without a weight)
+};
+
+template <typename acc_t>
+XENT_HD bool has_smoothing(const LossConstants<acc_t>& k) {
+  return k.smoothing > acc_t(0);
+}
+
+template <typename acc_t>
+XENT_HD acc_t smoothing_per_class(const LossConstants<acc_t>& k) {
+  return has_smoothing(k) ? k.smoothing / acc_t(k.num_classes) : acc_t(0);
+}
+
+template <typename acc_t>
+XENT_HD acc_t target_share(const LossConstants<acc_t>& k) {
+  return has_smoothing(k) ? acc_t(1) - k.smoothing : acc_t(1);
+}
+
+// Loss of a row with a valid class-index target y (x_y its logit, w_y its weight).
+// The smoothing term is only formed when eps > 0: an untouched -inf logit must not turn 0 * inf
+// into NaN when torch would not compute that term at all.
+template <typename acc_t>
+XENT_HD acc_t index_row_loss(const LossConstants<acc_t>& k, acc_t lse, acc_t ref, acc_t x_target,
+                             acc_t w_target, RowSums<acc_t> sums) {
+  acc_t loss = target_share(k) * w_target * (lse - x_target);
+  if (has_smoothing(k)) loss += smoothing_per_class(k) * (k.sum_weight * (lse - ref) - sums.swd);
+  return loss;
+}
+
+// Loss of a row with a probability target.
+template <typename acc_t>
+XENT_HD acc_t prob_row_loss(const LossConstants<acc_t>& k, acc_t lse, acc_t ref, RowSums<acc_t> sums) {
+  acc_t mass = target_share(k) * sums.swq;           // sum_c w_c q'_c
+  acc_t shifted = target_share(k) * sums.swqd;       // sum_c w_c q'_c (x_c - r)
+  if (has_smoothing(k)) {
+    mass += smoothing_per_class(k) * k.sum_weight;
+    shifted += smoothing_per_class(k) * sums.swd;
+  }
+  return mass * (lse - ref) - shifted;
+}
+
+// Total target mass S = sum_c a_c of a class-index row (the softmax coefficient of its gradient).
+template <typename acc_t>
+XENT_HD acc_t index_row_mass(const LossConstants<acc_t>& k, acc_t w_target) {
+  return target_share(k) * w_target + smoothing_per_class(k) * k.sum_weight;
+}
+
+// Total target mass S of a probability row, from its sum_c w_c q_c.
+template <typename acc_t>
+XENT_HD acc_t prob_row_mass(const LossConstants<acc_t>& k, acc_t swq) {
+  return target_share(k) * swq + smoothing_per_class(k) * k.sum_weight;
+}
+
+// Gradient of one logit: k * (S * exp(x - lse) - a_c). Ignored and invalid rows never get here:
+// their gradient is exactly zero.
+template <typename acc_t>
+XENT_HD acc_t grad_element(acc_t scale, acc_t mass, acc_t x, acc_t lse, acc_t target_mass) {
+  return scale * (mass * std::exp(x - lse) - target_mass);
+}
+
+// a_c of a class-index row: the smoothing share of every class, plus (1 - eps) w_y on the target.
+template <typename acc_t>
+XENT_HD acc_t index_target_mass(const LossConstants<acc_t>& k, acc_t w_c, bool is_target, acc_t w_target) {
+  return smoothing_per_class(k) * w_c + (is_target ? target_share(k) * w_target : acc_t(0));
+}
+
+// a_c of a probability row: w_c q'_c.
+template <typename acc_t>
+XENT_HD acc_t prob_target_mass(const LossConstants<acc_t>& k, acc_t w_c, acc_t q_c) {
+  return w_c * (target_share(k) * q_c + smoothing_per_class(k));
+}
+
+// d loss / d q_c of a probability row: -k (1 - eps) w_c log p_c.
+template <typename acc_t>
+XENT_HD acc_t prob_target_grad(const LossConstants<acc_t>& k, acc_t scale, acc_t w_c, acc_t x, acc_t lse) {
+  return -scale * target_share(k) * w_c * (x - lse);
+}
+
+// Scale of a row's gradient for each reduction: grad_output (per row for 'none'), divided by
+// the total weight for 'mean'. A zero total weight gives inf here and NaN gradients, as torch.
+template <typename acc_t>
+XENT_HD acc_t reduction_scale(int64_t reduction, acc_t grad_output, acc_t total_weight) {
+  return reduction == kReductionMean ? grad_output / total_weight : grad_output;
+}
+
+// First invalid target of a launch, kept by its flat position in the target tensor.
+struct InvalidTarget {
+  int64_t position;  // -1 when every target is valid
+  int64_t value;
+  int64_t count;
+};
+
+XENT_HD InvalidTarget invalid_none() {
+  return {-1, 0, 0};
+}
+
+XENT_HD InvalidTarget invalid_merge(InvalidTarget a, InvalidTarget b) {
+  InvalidTarget first = a;
+  if (a.position < 0 || (b.position >= 0 && b.position < a.position)) first = b;
+  first.count = a.count + b.count;
+  return first;
+}
+
+}  // namespace validated_loss

@@ -1,0 +1,246 @@
+"""Shared helpers for the parity tests: seeding, the tolerance rule, and one comparison routine.
+
+Every comparison runs the same call three times on the same tensors:
+  * torch   -- torch.nn.functional.cross_entropy on the tensors as given (the reference);
+  * ours    -- validated_loss on the very same tensors (same storage, same strides);
+  * truth   -- torch in float64 on the same values (only for bf16/fp16 inputs).
+"""
+
+import os
+import warnings
+import zlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if os.environ.get("VL_TESTS_AGAINST_TORCH"):  # harness self-check only; never set in CI
+    import types
+
+    vl = types.SimpleNamespace(cross_entropy=F.cross_entropy, CrossEntropyLoss=torch.nn.CrossEntropyLoss)
+else:
+    import validated_loss as vl  # noqa: E402
+
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+# Direct comparison with torch when every floating input is fp32/fp64.
+DIRECT_TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-5, atol=1e-6)}
+ABS_FLOOR = 1e-6  # times the largest |truth| of the tensor, for the low-precision rule
+
+
+def seed_of(*parts) -> int:
+    """A stable seed from any printable description of a case."""
+    return zlib.crc32(repr(parts).encode())
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) & 0x7FFFFFFF)
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield
+
+
+def lowest_precision(*tensors):
+    """The least precise floating dtype among the given tensors (None entries skipped)."""
+    order = {torch.float64: 0, torch.float32: 1, torch.float16: 2, torch.bfloat16: 3}
+    fl = [t.dtype for t in tensors if t is not None and t.is_floating_point()]
+    return max(fl, key=order.__getitem__)
+
+
+def ulp(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An upper bound on the spacing of `dtype` numbers near |values| (float64 result)."""
+    fi = torch.finfo(dtype)
+    return torch.clamp(values.abs() * fi.eps, min=fi.smallest_normal * fi.eps)
+
+
+def assert_close_to_torch(ours, theirs, truth=None, *, precision, what="loss"):
+    """ours/theirs: results of validated_loss and torch on the same inputs.
+
+    precision: the least precise floating dtype that went into the computation.
+      fp32/fp64: ours must equal torch within DIRECT_TOL.
+      bf16/fp16: `truth` is torch in float64 on the same values; ours must be at least as close to
+        it as torch is, elementwise: |ours - truth| <= max(1.5 |torch - truth|, 1 ulp + 1e-6 * scale),
+        where truth rounds to a non-finite value ours must have that same value, and where it rounds
+        to a finite value ours must be finite (whatever torch did).
+    """
+    assert isinstance(ours, torch.Tensor), f"{what}: expected a Tensor, got {type(ours)}"
+    assert ours.dtype == theirs.dtype, f"{what}: dtype {ours.dtype} != torch's {theirs.dtype}"
+    assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} != torch's {tuple(theirs.shape)}"
+    assert ours.device == theirs.device, f"{what}: device {ours.device} != torch's {theirs.device}"
+    if precision in DIRECT_TOL:
+        tol = DIRECT_TOL[precision]
+        scale = _finite_absmax(theirs.double())
+        torch.testing.assert_close(
+            ours, theirs, rtol=tol["rtol"], atol=tol["atol"] * (scale if scale > 0 else 1.0),
+            equal_nan=True, msg=lambda m: f"{what} differs from torch ({precision}):\n{m}")
+        return
+    assert truth is not None, "low-precision comparison needs the float64 truth"
+    o, t, tr = ours.detach().double(), theirs.detach().double(), truth.detach().double()
+    assert tr.shape == o.shape, f"{what}: truth shape {tuple(tr.shape)} vs {tuple(o.shape)}"
+    rounded = tr.to(ours.dtype).double()
+    special = ~torch.isfinite(rounded)
+    if special.any():
+        same = (torch.isnan(o) & torch.isnan(rounded)) | (o == rounded)
+        bad = special & ~same
+        assert not bad.any(), (
+            f"{what}: where the float64 truth is non-finite ours differs at {bad.nonzero()[:5].tolist()}: "
+            f"ours {o[bad][:5].tolist()} truth {rounded[bad][:5].tolist()}")
+    fin = ~special
+    o, t, tr = o[fin], t[fin], tr[fin]
+    not_fin = ~torch.isfinite(o)
+    assert not not_fin.any(), (
+        f"{what}: ours is non-finite ({o[not_fin][:5].tolist()}) where the float64 truth is finite "
+        f"({tr[not_fin][:5].tolist()}); torch gave {t[not_fin][:5].tolist()}")
+    scale = _finite_absmax(tr)
+    floor = ulp(tr, ours.dtype) + ABS_FLOOR * scale
+    err_t = (t - tr).abs()
+    err_t = torch.where(torch.isfinite(err_t), err_t, 4 * floor)  # torch itself broke: ours must be good
+    bound = torch.maximum(1.5 * err_t, floor)
+    err_o = (o - tr).abs()
+    bad = err_o > bound
+    if bad.any():
+        i = torch.argmax((err_o - bound) / bound)
+        raise AssertionError(
+            f"{what} ({ours.dtype}): {int(bad.sum())}/{bad.numel()} elements farther from the float64 truth "
+            f"than allowed; worst: ours {o[i].item():.9g}, torch {t[i].item():.9g}, truth {tr[i].item():.9g}, "
+            f"|ours-truth| {err_o[i].item():.3g} > bound {bound[i].item():.3g}")
+
+
+def _finite_absmax(t: torch.Tensor) -> float:
+    t = t.detach()
+    t = t[torch.isfinite(t)]
+    return t.abs().max().item() if t.numel() else 0.0
+
+
+def _call(fn, x, target, weight, kwargs, req, cast=None, grad_output=None):
+    """Run fn on detached leaves of (x, target, weight); return (loss, grads, warnings)."""
+    def leaf(t, r):
+        if t is None:
+            return None
+        t = t.detach()
+        if cast is not None and t.is_floating_point():
+            t = t.to(cast)
+        return t.requires_grad_(r)
+
+    leaves = [leaf(x, req[0]), leaf(target, req[1]), leaf(weight, req[2])]
+    kw = dict(kwargs)
+    if weight is not None:
+        kw["weight"] = leaves[2]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loss = fn(leaves[0], leaves[1], **kw)
+    wants = [l for l, r in zip(leaves, req) if r]
+    grads = go = None
+    if wants:
+        assert isinstance(loss, torch.Tensor) and loss.requires_grad, (
+            f"loss from {fn} does not require grad although inputs do")
+        go = grad_output(loss) if callable(grad_output) else grad_output
+        grads = torch.autograd.grad(loss, wants, go.to(cast) if cast is not None else go)
+        grads = iter(grads)
+        grads = [next(grads) if r else None for r in req]
+    return loss, grads, caught, go
+
+
+def make_grad_output(loss, seed=1234):
+    """3.7 for a scalar loss, a seeded random tensor (in the loss dtype) otherwise."""
+    if loss.dim() == 0:
+        return torch.full_like(loss, 3.7).detach()
+    g = torch.randn(loss.shape, generator=gen(seed), dtype=torch.float64) * 2 + 0.5
+    return g.to(loss.dtype)
+
+
+def compare_cross_entropy(x, target, weight=None, *, ours=None, reference=None, grad=True,
+                          grad_target=None, grad_weight=None, grad_output=None, **kwargs):
+    """Run torch and ours on the same tensors and compare loss and gradients (and inputs unchanged).
+
+    grad_target/grad_weight default to True on the probability path (torch supports both there).
+    Returns (our_loss, torch_loss, our_warnings, torch_warnings).
+    """
+    ours = ours or vl.cross_entropy
+    reference = reference or F.cross_entropy
+    prob = target.is_floating_point()
+    if grad_target is None:
+        grad_target = prob
+    if grad_weight is None:
+        grad_weight = prob and weight is not None
+    req = (bool(grad), bool(grad_target), bool(grad_weight))
+    snapshot = [None if t is None else t.detach().clone() for t in (x, target, weight)]
+
+    t_loss, t_grads, t_warn, go = _call(reference, x, target, weight, kwargs, req, grad_output=make_grad_output)
+    o_loss, o_grads, o_warn, _ = _call(ours, x, target, weight, kwargs, req, grad_output=go)
+
+    for name, before, now in zip(("input", "target", "weight"), snapshot, (x, target, weight)):
+        if before is not None:
+            torch.testing.assert_close(now, before, rtol=0, atol=0, equal_nan=True,
+                                       msg=f"ours modified its {name} argument")
+
+    precision = lowest_precision(x, target, weight)
+    truth_loss = truth_grads = None
+    if precision in LOW_PRECISION:
+        truth_loss, truth_grads, _, _ = _call(reference, x, target, weight, kwargs, req,
+                                           cast=torch.float64, grad_output=go)
+    assert_close_to_torch(o_loss, t_loss, truth_loss, precision=precision, what="loss")
+    if any(req):
+        for i, name in enumerate(("input", "target", "weight")):
+            if req[i]:
+                assert_close_to_torch(o_grads[i], t_grads[i], None if truth_grads is None else truth_grads[i],
+                                      precision=precision, what=f"grad wrt {name}")
+    return o_loss, t_loss, o_warn, t_warn
+
+
+# --------------------------------------------------------------------------- tensor layouts
+
+
+def _junk(v):
+    """Fill for storage a view must not read: NaN, or an out-of-range class index."""
+    return float("nan") if v.is_floating_point() else 100
+
+
+def relayout(values: torch.Tensor, layout: str, seed: int = 0) -> torch.Tensor:
+    """A tensor equal to `values` (or, for 'expanded', to values[:1] broadcast) with another memory layout."""
+    v = values
+    nd = v.dim()
+    if layout == "contig" or nd == 0:
+        return v.contiguous()
+    if layout == "transposed" and nd >= 2:  # e.g. torch.randn(C, N).t()
+        return v.transpose(0, 1).contiguous().transpose(0, 1)
+    if layout == "reversed":  # all dims reversed in memory
+        dims = list(range(nd))[::-1]
+        return v.permute(dims).contiguous().permute(dims)
+    if layout == "class_last" and nd >= 3:  # (N, d.., C) storage viewed as (N, C, d..)
+        return v.movedim(1, -1).contiguous().movedim(-1, 1)
+    if layout == "sliced":  # every dim strided by 2, with a storage offset
+        big = torch.full([2 * s + 1 for s in v.shape], _junk(v), dtype=v.dtype)
+        view = big[tuple(slice(1, 1 + 2 * s, 2) for s in v.shape)]
+        view.copy_(v)
+        return view
+    if layout == "sliced_class":  # only the class / last dim strided: x[:, ::2]
+        d = 1 if nd >= 2 else 0
+        shape = list(v.shape)
+        shape[d] = 2 * shape[d]
+        big = torch.full(shape, _junk(v), dtype=v.dtype)
+        view = big[(slice(None),) * d + (slice(None, None, 2),)]
+        view.copy_(v)
+        return view
+    if layout == "channels_last" and nd in (4, 5):
+        fmt = torch.channels_last if nd == 4 else torch.channels_last_3d
+        return v.contiguous(memory_format=fmt)
+    if layout == "expanded" and v.shape[0] > 0:
+        return v[:1].expand(v.shape)
+    if layout == "random":
+        g = gen(seed)
+        perm = torch.randperm(nd, generator=g).tolist()
+        steps = (torch.randint(1, 3, (nd,), generator=g)).tolist()
+        offs = (torch.randint(0, 2, (nd,), generator=g)).tolist()
+        phys = [v.shape[d] * steps[d] + offs[d] for d in perm]
+        big = torch.full(phys, _junk(v), dtype=v.dtype)
+        inv = sorted(range(nd), key=perm.__getitem__)
+        logical = big.permute(inv)
+        view = logical[tuple(slice(o, o + n * s, s) for o, n, s in zip(offs, v.shape, steps))]
+        view.copy_(v)
+        return view
+    return v.contiguous()

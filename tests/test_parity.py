@@ -1,0 +1,607 @@
+"""validated_loss.cross_entropy against torch.nn.functional.cross_entropy: table-driven grids.
+
+Every case checks the loss (dtype, shape, value) and the gradients (to the logits always; to the
+target and the weight on the probability path, as torch supports), with a non-unit grad_output.
+"""
+
+import inspect
+import itertools
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import (FLOAT_DTYPES, LOW_PRECISION, assert_close_to_torch, compare_cross_entropy, gen,
+                      make_grad_output, relayout, seed_of, ulp, vl)
+
+C = 5
+# family -> (input shape, class-index target shape)
+FAMILIES = {
+    "1d": ((C,), ()),
+    "1d_t1": ((C,), (1,)),
+    "2d": ((6, C), (6,)),
+    "3d": ((3, C, 4), (3, 4)),
+    "4d": ((2, C, 3, 2), (2, 3, 2)),
+    "5d": ((2, C, 2, 3, 2), (2, 2, 3, 2)),
+}
+LAYOUTS = {
+    1: ("contig", "sliced", "expanded"),
+    2: ("contig", "transposed", "sliced", "sliced_class", "expanded", "random"),
+    3: ("contig", "transposed", "class_last", "sliced", "sliced_class", "reversed", "random"),
+}
+LAYOUTS[4] = LAYOUTS[3] + ("channels_last",)
+LAYOUTS[5] = LAYOUTS[3] + ("channels_last",)
+TARGET_LAYOUTS = ("contig", "sliced", "reversed", "random")
+REDUCTIONS = ("none", "sum", "mean")
+DT = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16, "f16": torch.float16}
+
+
+def make_logits(shape, dtype, seed, layout="contig"):
+    x = (torch.randn(shape, generator=gen(seed), dtype=torch.float64) * 2).to(dtype)
+    return relayout(x, layout, seed)
+
+
+def make_index_target(shape, n_classes, seed, *, dtype=torch.int64, ignore=None, frac=0.3, layout="contig"):
+    g = gen(seed + 1)
+    t = torch.randint(0, n_classes, shape, generator=g)
+    if ignore is not None:
+        if t.dim() == 0 or t.numel() == 1:
+            t.fill_(ignore)  # the only target is ignored
+        else:
+            mask = torch.rand(shape, generator=g) < frac
+            t[mask] = ignore
+    return relayout(t.to(dtype), layout, seed)
+
+
+def make_prob_target(shape, dtype, seed, kind="prob_soft", layout="contig"):
+    g = gen(seed + 2)
+    cdim = 1 if len(shape) >= 2 else 0
+    if kind == "prob_soft":
+        t = torch.softmax(torch.randn(shape, generator=g, dtype=torch.float64) * 2, dim=cdim)
+    elif kind == "prob_unnorm":  # rows do not sum to 1
+        t = torch.rand(shape, generator=g, dtype=torch.float64) * 2
+    elif kind == "prob_signed":  # torch does not validate probabilities: negative entries are accepted
+        t = torch.randn(shape, generator=g, dtype=torch.float64)
+    else:
+        raise ValueError(kind)
+    return relayout(t.to(dtype), layout, seed)
+
+
+def make_weight(n_classes, dtype, seed):
+    return (torch.rand(n_classes, generator=gen(seed + 3), dtype=torch.float64) * 2 + 0.1).to(dtype)
+
+
+def build_case(family, dtype, tkind, weighted, ignore, ls, reduction, layout=None, tlayout=None):
+    """Returns (x, target, weight, kwargs) for one grid cell."""
+    seed = seed_of(family, dtype, tkind, weighted, ignore, ls, reduction, layout, tlayout)
+    in_shape, t_shape = FAMILIES[family]
+    nd = len(in_shape)
+    if layout is None:  # the main grid cycles through the layouts a family has
+        layout = LAYOUTS[nd][seed % len(LAYOUTS[nd])]
+    if tlayout is None:
+        tlayout = TARGET_LAYOUTS[(seed // 7) % len(TARGET_LAYOUTS)]
+    x = make_logits(in_shape, dtype, seed, layout)
+    kwargs = {"reduction": reduction}
+    if ls is not None:
+        kwargs["label_smoothing"] = ls
+    if tkind in ("i64", "u8"):
+        tdtype = torch.int64 if tkind == "i64" else torch.uint8
+        ign_value = {"none": None, "default": -100, "inside": 3 if seed % 2 else 0, "u8": 255}[ignore]
+        if ignore in ("inside", "u8"):
+            kwargs["ignore_index"] = ign_value
+        target = make_index_target(t_shape, C, seed, dtype=tdtype, ignore=ign_value, layout=tlayout)
+    else:
+        target = make_prob_target(in_shape, dtype, seed, tkind, layout=tlayout)
+        if ignore == "negative":
+            kwargs["ignore_index"] = -3
+    weight = make_weight(C, dtype, seed) if weighted else None
+    return x, target, weight, kwargs
+
+
+def _grid():
+    cases = []
+    for family, dt, tkind, weighted, ls, reduction in itertools.product(
+            FAMILIES, DT, ("i64", "u8", "prob_soft", "prob_unnorm"), (False, True), (0.0, 0.1, 1.0), REDUCTIONS):
+        if tkind == "u8" and family not in ("1d", "1d_t1", "2d"):
+            continue  # torch takes uint8 targets for 1-D/2-D inputs only
+        if tkind.startswith("prob") and family == "1d_t1":
+            continue  # a (1,) target is class-index only
+        if tkind == "u8" and ls > 0 and weighted and reduction == "mean":
+            continue  # torch raises there (gather() wants an int64 index for the weight)
+        ignores = {"i64": ("none", "default", "inside"), "u8": ("none", "u8"),
+                   "prob_soft": ("none", "negative"), "prob_unnorm": ("none", "negative")}[tkind]
+        for ignore in ignores:
+            cases.append(pytest.param(family, dt, tkind, weighted, ignore, ls, reduction,
+                                      id=f"{family}-{dt}-{tkind}-{'w' if weighted else 'nw'}-ign_{ignore}-ls{ls}-{reduction}"))
+    return cases
+
+
+@pytest.mark.parametrize("family,dt,tkind,weighted,ignore,ls,reduction", _grid())
+def test_grid(family, dt, tkind, weighted, ignore, ls, reduction):
+    x, target, weight, kwargs = build_case(family, DT[dt], tkind, weighted, ignore, ls, reduction)
+    compare_cross_entropy(x, target, weight, **kwargs)
+
+
+# Label smoothing values torch accepts: <= 0 and NaN mean no smoothing; int and 0-dim tensors are taken.
+ODD_SMOOTHING = [-0.5, float("nan"), 0, 1, -1e-9, 0.999]
+
+
+@pytest.mark.parametrize("ls", ODD_SMOOTHING, ids=repr)
+@pytest.mark.parametrize("family", ["1d", "2d", "4d"])
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("tkind", ["i64", "prob_soft"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_odd_label_smoothing(ls, family, dt, tkind, reduction):
+    ignore = "inside" if tkind == "i64" else "none"
+    x, target, weight, kwargs = build_case(family, DT[dt], tkind, True, ignore, ls, reduction)
+    compare_cross_entropy(x, target, weight, **kwargs)
+
+
+@pytest.mark.parametrize("ls", [torch.tensor(0.1), torch.tensor(0.0, dtype=torch.float64)], ids=["t0.1", "t0.0"])
+@pytest.mark.parametrize("tkind", ["i64", "prob_soft"])
+def test_label_smoothing_as_tensor(ls, tkind):
+    x, target, weight, kwargs = build_case("2d", torch.float32, tkind, False, "none", ls, "mean")
+    compare_cross_entropy(x, target, weight, **kwargs)
+
+
+def _layout_grid():
+    cases = []
+    for family in ("1d", "2d", "3d", "4d", "5d"):
+        nd = len(FAMILIES[family][0])
+        for layout, tlayout, dt, tkind, reduction, variant in itertools.product(
+                LAYOUTS[nd], TARGET_LAYOUTS, DT, ("i64", "u8", "prob_soft"), REDUCTIONS, ("plain", "full")):
+            if tkind == "u8" and nd > 2:
+                continue
+            if family == "1d" and tlayout != "contig" and tkind != "prob_soft":
+                continue  # a 0-dim target has one layout
+            if tlayout in ("reversed", "random") and (tkind != "prob_soft" and nd <= 2):
+                continue  # same as "sliced"/"contig" for a 1-D target
+            if (dt in ("f64", "bf16")) and tlayout not in ("contig", "sliced"):
+                continue  # keep the grid small: every layout pair in f32 and f16
+            cases.append(pytest.param(family, layout, tlayout, dt, tkind, reduction, variant,
+                                      id=f"{family}-{layout}-t_{tlayout}-{dt}-{tkind}-{reduction}-{variant}"))
+    return cases
+
+
+@pytest.mark.parametrize("family,layout,tlayout,dt,tkind,reduction,variant", _layout_grid())
+def test_layouts(family, layout, tlayout, dt, tkind, reduction, variant):
+    """Non-contiguous logits (transposed, sliced, channels_last, expanded, permuted) and targets."""
+    full = variant == "full"
+    ignore = ("inside" if tkind == "i64" else "u8" if tkind == "u8" else "negative") if full else "none"
+    x, target, weight, kwargs = build_case(family, DT[dt], tkind, full, ignore, 0.1 if full else 0.0,
+                                           reduction, layout=layout, tlayout=tlayout)
+    compare_cross_entropy(x, target, weight, **kwargs)
+
+
+def test_transposed_logits_literal():
+    """The brief's own example: torch.randn(C, N).t()."""
+    x = torch.randn(5, 7).t()
+    t = torch.randint(0, 5, (7,))
+    assert not x.is_contiguous()
+    compare_cross_entropy(x, t, reduction="mean")
+    compare_cross_entropy(x[:, ::2], torch.randint(0, 3, (7,)), reduction="none")
+    compare_cross_entropy(x[::2], t[::2], reduction="sum")
+
+
+# --------------------------------------------------------------------------- empty inputs
+
+
+EMPTY_SHAPES = [((0, C), (0,)), ((0, C, 3), (0, 3)), ((2, C, 0), (2, 0)), ((2, C, 0, 3), (2, 0, 3)),
+                ((0, C, 2, 2), (0, 2, 2)), ((2, C, 3, 0, 2), (2, 3, 0, 2))]
+
+
+@pytest.mark.parametrize("shapes", EMPTY_SHAPES, ids=lambda s: "x".join(map(str, s[0])))
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("tkind", ["i64", "u8", "prob_soft"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ls", [0.0, 0.2])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_empty(shapes, dt, tkind, weighted, ls, reduction):
+    """N=0 or a zero spatial size: 'mean' is NaN, 'sum' is 0, 'none' is empty; gradients are empty."""
+    in_shape, t_shape = shapes
+    if tkind == "u8" and len(in_shape) > 2:
+        pytest.skip("uint8 targets are for 1-D/2-D inputs only")
+    dtype = DT[dt]
+    x = torch.randn(in_shape, dtype=dtype)
+    if tkind == "prob_soft":
+        target = torch.rand(in_shape, dtype=dtype)
+    else:
+        target = torch.zeros(t_shape, dtype=torch.int64 if tkind == "i64" else torch.uint8)
+    weight = torch.rand(C, dtype=dtype) if weighted else None
+    o, t, _, _ = compare_cross_entropy(x, target, weight, reduction=reduction, label_smoothing=ls)
+    if reduction == "mean":
+        assert torch.isnan(o).item()
+    elif reduction == "sum":
+        assert o.item() == 0.0
+
+
+# --------------------------------------------------------------------------- ignore_index corner cases
+
+
+@pytest.mark.parametrize("family", ["1d", "1d_t1", "2d", "3d", "4d"])
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("ls", [0.0, 0.3])
+@pytest.mark.parametrize("ignore_index", [-100, 0, 3])
+def test_all_targets_ignored(family, dt, weighted, ls, ignore_index):
+    """torch: mean is NaN, sum is 0, 'none' is zeros, and the gradient is all zeros (not NaN)."""
+    in_shape, t_shape = FAMILIES[family]
+    dtype = DT[dt]
+    x = make_logits(in_shape, dtype, seed_of(family, dt))
+    target = torch.full(t_shape, ignore_index, dtype=torch.int64)
+    weight = make_weight(C, dtype, 1) if weighted else None
+    for reduction in REDUCTIONS:
+        o, _, _, _ = compare_cross_entropy(x, target, weight, reduction=reduction, ignore_index=ignore_index,
+                                           label_smoothing=ls)
+        if reduction == "mean":
+            assert torch.isnan(o).item(), "all targets ignored under 'mean' must give NaN, as torch"
+        else:
+            assert (o == 0).all()
+    xl = x.detach().requires_grad_()
+    vl.cross_entropy(xl, target, weight, ignore_index=ignore_index, label_smoothing=ls).backward()
+    assert xl.grad is not None and (xl.grad == 0).all(), "gradient of an all-ignored mean must be exactly 0"
+
+
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("ls", [0.0, 0.3])
+@pytest.mark.parametrize("family", ["2d", "4d"])
+def test_zero_total_weight(dt, ls, family):
+    """Weights are zero for every class present: mean is NaN and those gradient rows are NaN (torch)."""
+    in_shape, t_shape = FAMILIES[family]
+    dtype = DT[dt]
+    x = make_logits(in_shape, dtype, 5)
+    target = torch.randint(0, 2, t_shape)
+    weight = torch.tensor([0.0, 0.0, 1.0, 2.0, 0.5], dtype=dtype)
+    for reduction in REDUCTIONS:
+        compare_cross_entropy(x, target, weight, reduction=reduction, label_smoothing=ls)
+
+
+@pytest.mark.parametrize("ignore_index,values", [
+    (-1, [-1, 2, -1, 0, 4, 1]),        # negative ignore value present in the targets
+    (7, [7, 2, 7, 0, 4, 1]),           # ignore value >= C: matching positions skip the range check
+    (1000, [3, 2, 1, 0, 4, 1]),        # never matches
+    (-(2 ** 63), [3, 2, 1, 0, 4, 1]),  # extreme int64
+    (2 ** 63 - 1, [3, 2, 1, 0, 4, 1]),
+])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ls", [0.0, 0.25])
+def test_ignore_index_values(ignore_index, values, reduction, ls):
+    x = make_logits((6, C), torch.float32, 9)
+    compare_cross_entropy(x, torch.tensor(values), make_weight(C, torch.float32, 2), reduction=reduction,
+                          ignore_index=ignore_index, label_smoothing=ls)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_uint8_full_range(reduction):
+    """uint8 targets with ignore_index=255 and C=256 (every byte value is a class except 255)."""
+    x = make_logits((40, 256), torch.float32, 3)
+    t = torch.randint(0, 256, (40,), generator=gen(4)).to(torch.uint8)
+    t[::5] = 255
+    compare_cross_entropy(x, t, reduction=reduction, ignore_index=255)
+    t2 = t.clone()
+    t2[t2 == 255] = 254
+    compare_cross_entropy(x, t2, reduction=reduction)  # C=256: 255 would be valid without ignore_index
+
+
+# --------------------------------------------------------------------------- misc values torch accepts
+
+
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_single_class(dt, reduction):
+    """C=1: every target is 0, the loss is 0 and so is the gradient."""
+    x = make_logits((4, 1), DT[dt], 1)
+    compare_cross_entropy(x, torch.zeros(4, dtype=torch.int64), reduction=reduction)
+    compare_cross_entropy(make_logits((2, 1, 3), DT[dt], 2), torch.zeros(2, 3, dtype=torch.int64),
+                          reduction=reduction, label_smoothing=0.5)
+
+
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("tkind", ["i64", "prob_soft", "prob_signed"])
+def test_negative_weights_and_signed_targets(dt, reduction, tkind):
+    dtype = DT[dt]
+    x = make_logits((6, C), dtype, 11)
+    w = torch.tensor([1.0, -0.5, 2.0, 0.0, -1.5], dtype=dtype)
+    target = make_index_target((6,), C, 3) if tkind == "i64" else make_prob_target((6, C), dtype, 3, tkind)
+    compare_cross_entropy(x, target, w, reduction=reduction, label_smoothing=0.2)
+
+
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_large_logits(dt, reduction):
+    """Logits far from 0 (overflow if exp is taken without subtracting the max)."""
+    dtype = DT[dt]
+    big = {torch.float16: 6e4, torch.bfloat16: 1e30, torch.float32: 1e30, torch.float64: 1e300}[dtype]
+    x = (torch.randn(6, C, generator=gen(1), dtype=torch.float64) * 3).to(dtype)
+    x[0, 2] = big
+    x[1] = -big / 2
+    x[2] += torch.tensor(big / 4, dtype=dtype)
+    t = torch.tensor([2, 1, 0, 3, 4, 2])
+    compare_cross_entropy(x, t, reduction=reduction)
+    compare_cross_entropy(x, t, reduction=reduction, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("case", ["neg_inf_other", "neg_inf_target", "nan_logit"])
+def test_nonfinite_logits_class_index(dt, reduction, case):
+    """torch: -inf on another class is fine, -inf on the target gives inf, a NaN logit gives NaN."""
+    x = make_logits((4, C), DT[dt], 2)
+    t = torch.tensor([0, 1, 2, 3])
+    if case == "neg_inf_other":
+        x[0, 3] = float("-inf")
+        x[2, 0] = float("-inf")
+    elif case == "neg_inf_target":
+        x[1, 1] = float("-inf")
+    else:
+        x[2, 4] = float("nan")
+    compare_cross_entropy(x, t, reduction=reduction)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_neg_inf_logit_zero_probability(reduction):
+    """torch uses no xlogy: -inf logit with target probability 0 gives a NaN loss (drop-in keeps it)."""
+    x = make_logits((3, C), torch.float32, 2)
+    x[0, 1] = float("-inf")
+    q = torch.softmax(torch.randn(3, C), 1)
+    q[0, 1] = 0.0
+    q = q / q.sum(1, keepdim=True)
+    compare_cross_entropy(x, q, reduction=reduction)
+
+
+def test_time_dim_equal_to_classes_quirk():
+    """(N, T, C) logits with an (N, T) target and T == C: torch takes dim 1 as classes, silently."""
+    x = make_logits((2, 4, 4), torch.float32, 1)
+    t = torch.randint(0, 4, (2, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ours may warn about this; the value must still be torch's
+        compare_cross_entropy(x, t, reduction="none")
+
+
+# --------------------------------------------------------------------------- probability targets
+
+
+MIXED = [(torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float32, torch.float64),
+         (torch.float16, torch.bfloat16), (torch.float32, torch.float16), (torch.float64, torch.float32),
+         (torch.bfloat16, torch.float64)]
+
+
+@pytest.mark.parametrize("in_dt,t_dt", MIXED, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("w_dt", [None, "input", torch.float64], ids=["nw", "w_in", "w_f64"])
+@pytest.mark.parametrize("family", ["1d", "2d", "4d"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("ls", [0.0, 0.1])
+def test_mixed_dtype_probability_targets(in_dt, t_dt, w_dt, family, reduction, ls):
+    """Output dtype is result_type(input, target[, weight]); gradients keep each argument's dtype."""
+    in_shape = FAMILIES[family][0]
+    x = make_logits(in_shape, in_dt, 1)
+    q = make_prob_target(in_shape, t_dt, 2)
+    w = None if w_dt is None else make_weight(C, in_dt if w_dt == "input" else w_dt, 3)
+    compare_cross_entropy(x, q, w, reduction=reduction, label_smoothing=ls)
+
+
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("family", ["2d", "3d"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_probability_target_without_target_grad(dt, family, reduction):
+    """Only the logits require grad (the usual soft-label case)."""
+    in_shape = FAMILIES[family][0]
+    compare_cross_entropy(make_logits(in_shape, DT[dt], 4), make_prob_target(in_shape, DT[dt], 5),
+                          make_weight(C, DT[dt], 6), reduction=reduction, grad_target=False, grad_weight=False)
+
+
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("family", ["2d", "4d"])
+def test_probability_target_grad_only(dt, family):
+    """Gradient to the target (and weight) while the logits do not require grad."""
+    in_shape = FAMILIES[family][0]
+    compare_cross_entropy(make_logits(in_shape, DT[dt], 4), make_prob_target(in_shape, DT[dt], 5),
+                          make_weight(C, DT[dt], 6), reduction="mean", grad=False, grad_target=True,
+                          grad_weight=True, label_smoothing=0.2)
+
+
+# --------------------------------------------------------------------------- weight.requires_grad
+
+
+@pytest.mark.parametrize("family", ["1d", "2d", "3d", "4d"])
+@pytest.mark.parametrize("ls", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_weight_requires_grad_class_index_raises(family, ls, reduction):
+    """torch raises RuntimeError ('not differentiable with respect to argument weight'); so must ours."""
+    in_shape, t_shape = FAMILIES[family]
+    x = make_logits(in_shape, torch.float32, 1).requires_grad_()
+    t = make_index_target(t_shape, C, 2)
+    w = make_weight(C, torch.float32, 3).requires_grad_()
+    with pytest.raises(RuntimeError) as theirs:
+        F.cross_entropy(x, t, w, reduction=reduction, label_smoothing=ls)
+    with pytest.raises(type(theirs.value)):
+        vl.cross_entropy(x, t, w, reduction=reduction, label_smoothing=ls)
+
+
+# --------------------------------------------------------------------------- legacy arguments
+
+
+LEGACY = list(itertools.product([None, True, False], [None, True, False]))
+
+
+def _messages(caught):
+    return [(w.category, str(w.message)) for w in caught]
+
+
+@pytest.mark.parametrize("size_average,reduce", LEGACY)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none", "avg"])
+@pytest.mark.parametrize("tkind", ["i64", "prob_soft"])
+def test_legacy_size_average_reduce(size_average, reduce, reduction, tkind):
+    """Legacy args override `reduction` (unvalidated then) and emit torch's UserWarning."""
+    if size_average is None and reduce is None and reduction == "avg":
+        pytest.skip("invalid reduction without legacy args is an error, not parity")
+    x, target, weight, _ = build_case("2d", torch.float32, tkind, True, "none", 0.0, "mean")
+    kw = dict(reduction=reduction)
+    if size_average is not None:
+        kw["size_average"] = size_average
+    if reduce is not None:
+        kw["reduce"] = reduce
+    _, _, ours_w, torch_w = compare_cross_entropy(x, target, weight, **kw)
+    legacy = [m for m in _messages(torch_w) if "size_average" in m[1]]
+    assert [m for m in _messages(ours_w) if "size_average" in m[1]] == legacy
+
+
+@pytest.mark.parametrize("size_average,reduce", [(False, None), (None, False), ("yes", 1), (0, True)])
+def test_legacy_truthiness(size_average, reduce):
+    """Truthiness decides, as in torch._Reduction.legacy_get_string."""
+    x, target, weight, _ = build_case("2d", torch.float32, "i64", False, "none", 0.0, "mean")
+    _, _, ours_w, torch_w = compare_cross_entropy(x, target, size_average=size_average, reduce=reduce)
+    assert _messages(ours_w) == _messages(torch_w)
+
+
+@pytest.mark.parametrize("tkind", ["i64", "prob_soft"])
+def test_elementwise_mean_alias(tkind):
+    x, target, weight, _ = build_case("3d", torch.float32, tkind, True, "none", 0.1, "mean")
+    _, _, ours_w, torch_w = compare_cross_entropy(x, target, weight, reduction="elementwise_mean",
+                                                  label_smoothing=0.1)
+    msgs = _messages(torch_w)
+    assert msgs, "torch warns on 'elementwise_mean'"
+    assert _messages(ours_w) == msgs
+
+
+def test_no_warning_on_plain_call():
+    x, target, weight, _ = build_case("2d", torch.float32, "i64", True, "inside", 0.1, "mean")
+    _, _, ours_w, torch_w = compare_cross_entropy(x, target, weight, reduction="mean", label_smoothing=0.1)
+    assert _messages(torch_w) == []
+    assert _messages(ours_w) == []
+
+
+# --------------------------------------------------------------------------- signature
+
+
+def test_functional_signature_matches_torch():
+    ours = inspect.signature(vl.cross_entropy)
+    theirs = inspect.signature(F.cross_entropy)
+    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
+        [(p.name, p.kind, p.default) for p in theirs.parameters.values()]
+
+
+def test_all_arguments_positionally():
+    x = make_logits((6, C), torch.float32, 1)
+    t = make_index_target((6,), C, 2, ignore=3)
+    w = make_weight(C, torch.float32, 3)
+    args = (w, None, 3, None, "sum", 0.1)
+    torch.testing.assert_close(vl.cross_entropy(x, t, *args), F.cross_entropy(x, t, *args), rtol=1e-5, atol=1e-6)
+    kwargs = dict(input=x, target=t, weight=w, ignore_index=3, reduction="none", label_smoothing=0.1)
+    torch.testing.assert_close(vl.cross_entropy(**kwargs), F.cross_entropy(**kwargs), rtol=1e-5, atol=1e-6)
+
+
+def test_no_grad_and_inference_mode():
+    x = make_logits((6, C), torch.float32, 1).requires_grad_()
+    t = make_index_target((6,), C, 2)
+    with torch.no_grad():
+        o = vl.cross_entropy(x, t)
+    assert not o.requires_grad
+    torch.testing.assert_close(o, F.cross_entropy(x, t).detach())
+    with torch.inference_mode():
+        o = vl.cross_entropy(x.detach(), t, reduction="none")
+    torch.testing.assert_close(o, F.cross_entropy(x.detach(), t, reduction="none"))
+
+
+def test_double_backward_through_loss_graph_twice():
+    """retain_graph: calling backward twice accumulates exactly twice the gradient, as torch."""
+    x = make_logits((6, C), torch.float32, 1)
+    t = make_index_target((6,), C, 2, ignore=0)
+    grads = []
+    for fn in (vl.cross_entropy, F.cross_entropy):
+        xl = x.clone().requires_grad_()
+        loss = fn(xl, t, ignore_index=0, label_smoothing=0.2)
+        loss.backward(retain_graph=True)
+        loss.backward()
+        grads.append(xl.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- half-precision accuracy
+
+
+def _truth(x, t, **kw):
+    xd = x.detach().double().requires_grad_()
+    loss = F.cross_entropy(xd, t.double() if t.is_floating_point() else t, **kw)
+    loss.backward()
+    return loss.detach(), xd.grad
+
+
+@pytest.mark.parametrize("case", ["2d", "4d", "ls", "ignore", "prob"])
+@pytest.mark.parametrize("dt", ["f16", "bf16"])
+def test_half_mean_over_many_elements(case, dt):
+    """fp16 mean over > 65504 counted elements: torch's CPU gives inf/NaN and a zero gradient.
+    Ours must be finite and close to the float64 truth, and its gradient must be correct."""
+    dtype = DT[dt]
+    kw = {}
+    if case == "4d":
+        x = make_logits((5, 5, 125, 128), dtype, 1)  # N*H*W = 80000
+        t = make_index_target((5, 125, 128), 5, 2)
+    elif case == "prob":
+        x = make_logits((100000, 5), dtype, 1)
+        t = make_prob_target((100000, 5), dtype, 2)
+    else:
+        x = make_logits((70000, 5), dtype, 1)
+        t = make_index_target((70000,), 5, 2, ignore=-100 if case == "ignore" else None, frac=0.05)
+        if case == "ls":
+            kw["label_smoothing"] = 0.1
+    truth, truth_grad = _truth(x, t, **kw)
+    xl = x.detach().requires_grad_()
+    ours = vl.cross_entropy(xl, t.detach(), **kw)
+    assert ours.dtype == dtype
+    assert torch.isfinite(ours).item(), f"ours is {ours.item()} (float64 truth {truth.item():.6f})"
+    err = abs(ours.double().item() - truth.item())
+    assert err <= 2 * ulp(truth, dtype).item(), f"ours {ours.item()} vs truth {truth.item():.6f}"
+    ours.backward()
+    g = xl.grad
+    assert g.dtype == dtype and torch.isfinite(g).all()
+    assert g.abs().max() > 0, "gradient vanished"
+    # elementwise: within 1 ulp (of the value, or of the subnormal spacing) plus 1e-3 of the largest entry
+    tol = ulp(truth_grad, dtype) + 1e-3 * truth_grad.abs().max()
+    assert ((g.double() - truth_grad).abs() <= tol).all(), (g.double() - truth_grad).abs().max()
+    # and through the generic rule as well (grad_output 3.7)
+    compare_cross_entropy(x, t, **kw)
+
+
+def test_half_sum_overflow_is_inf_like_truth():
+    """'sum' whose true value exceeds fp16's range is inf (the true value rounds to inf), gradient fine."""
+    x = make_logits((70000, 5), torch.float16, 3)
+    t = make_index_target((70000,), 5, 4)
+    o, _, _, _ = compare_cross_entropy(x, t, reduction="sum")
+    assert torch.isinf(o).item()
+
+
+# --------------------------------------------------------------------------- LLM-sized rows
+
+
+@pytest.mark.parametrize("shape", [(3, 32000), (2, 128256), (100000, 10)], ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("variant", ["plain", "ls_ignore_w"])
+def test_llm_sized(shape, dt, variant):
+    dtype = DT[dt]
+    n, c = shape
+    x = make_logits(shape, dtype, 1)
+    kw = {"reduction": "mean" if n > 3 else "sum"}
+    w = None
+    ignore = None
+    if variant == "ls_ignore_w":
+        kw.update(label_smoothing=0.1)
+        w = make_weight(c, dtype, 2)
+        ignore = -100
+    t = make_index_target((n,), c, 3, ignore=ignore, frac=0.2)
+    if n <= 3 and ignore is not None:
+        t[0] = -100
+        t[1:] = torch.tensor([c - 1, 17][: n - 1])
+    compare_cross_entropy(x, t, w, **kw)
+    if n <= 3:
+        compare_cross_entropy(x, t, w, **dict(kw, reduction="none"))
+
+
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+def test_llm_sized_probability(dt):
+    dtype = DT[dt]
+    x = make_logits((2, 32000), dtype, 1)
+    compare_cross_entropy(x, make_prob_target((2, 32000), dtype, 2), reduction="mean", label_smoothing=0.1)
