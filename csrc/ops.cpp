@@ -37,4 +37,9 @@ TORCH_LIBRARY(validated_loss, m) {
       "cross_entropy_prob_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
       "Tensor lse, int reduction, float label_smoothing, bool target_grad) "
       "-> (Tensor grad_logits, Tensor grad_target)");
+  // Raises the error a status record (on the CPU) describes, if any: the one place the messages
+  // for invalid targets and non-finite logits are written, for every device and mode.
+  m.def(
+      "raise_for_status(Tensor status, SymInt[] target_shape, int num_classes, int ignore_index, "
+      "SymInt[] logits_shape) -> ()");
 }

@@ -121,7 +121,8 @@ def _grid():
 @pytest.mark.parametrize("family,dt,tkind,weighted,ignore,ls,reduction", _grid())
 def test_grid(family, dt, tkind, weighted, ignore, ls, reduction):
     x, target, weight, kwargs = build_case(family, DT[dt], tkind, weighted, ignore, ls, reduction)
-    compare_cross_entropy(x, target, weight, **kwargs)
+    # torch's forward takes a (C,) input with a (1,) target, but its backward raises (size mismatch)
+    compare_cross_entropy(x, target, weight, grad=family != "1d_t1", **kwargs)
 
 
 # Label smoothing values torch accepts: <= 0 and NaN mean no smoothing; int and 0-dim tensors are taken.

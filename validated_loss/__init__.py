@@ -1,0 +1,15 @@
+"""validated_loss: fused, validated cross-entropy for PyTorch.
+
+Drop-in replacements for torch.nn.CrossEntropyLoss and torch.nn.functional.cross_entropy whose
+kernels read the logits once per pass and check the targets in that same pass.
+"""
+
+from . import _ops  # noqa: F401  (registers the ops, their fake kernels and autograd)
+from .diagnostics import *  # noqa: F401,F403  (exception classes, check_batch)
+from .diagnostics import __all__ as _diagnostics_all
+from .functional import cross_entropy
+from .loss import CrossEntropyLoss
+
+__version__ = "0.1.0"
+
+__all__ = ["CrossEntropyLoss", "cross_entropy", *_diagnostics_all]

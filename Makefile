@@ -1,0 +1,37 @@
+# Every target creates the virtual environment and builds the extension when needed, so a fresh
+# clone needs nothing installed by hand.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
+# torch 2.13.0's CPU build; the CUDA sources are compiled separately by cuda-check.
+TORCH_SPEC ?= torch==2.13.0
+TEST_DEPS := numpy hypothesis pytest ninja matplotlib tqdm expecttest setuptools wheel
+
+.PHONY: build test bench bench-full cuda-check asan clean
+
+$(DEPS): Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TEST_DEPS)
+	touch $@
+
+build: $(DEPS)
+	$(PY) setup.py -q build_ext --inplace
+
+test: build
+	$(PY) -m pytest tests
+
+bench: build
+	$(PY) benchmarks/bench.py
+
+bench-full: build
+	$(PY) benchmarks/bench.py --full
+
+# Compiles the CUDA kernels with nvcc against the CUDA build of torch (no GPU needed), checks
+# ptxas spills and the machine code, and imports the result.
+cuda-check:
+	bash scripts/cuda_check.sh
+
+clean:
+	rm -rf build validated_loss/_C*.so validated_loss/_build_info.py

@@ -1,0 +1,180 @@
+"""Loads the compiled library and registers, beside each op, its fake kernel and its autograd.
+
+The schemas themselves are written once, in csrc/ops.cpp. Fake kernels give output metadata for
+torch.compile and meta tensors; they must match what the C++ kernels allocate.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from . import _C  # noqa: F401  (loading the library registers torch.ops.validated_loss)
+
+ops = torch.ops.validated_loss
+
+REDUCTION_NAMES = {0: "none", 1: "mean", 2: "sum"}
+STATUS_SIZE = 6
+
+
+def accumulate_dtype(dtype):
+    """float64 logits accumulate in float64, all others in float32 (as the kernels do)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def rows_shape(logits):
+    return logits.shape[:1] + logits.shape[2:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Fake kernels
+
+
+@torch.library.register_fake("validated_loss::cross_entropy_fwd")
+def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, check_finite=False, validate=1):
+    acc = accumulate_dtype(logits.dtype)
+    rows = rows_shape(logits)
+    loss = logits.new_empty(rows) if reduction == 0 else logits.new_empty(())
+    lse = logits.new_empty((math.prod(rows),), dtype=acc)
+    return loss, lse, logits.new_empty((), dtype=acc), logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
+
+
+@torch.library.register_fake("validated_loss::cross_entropy_bwd")
+def _bwd_fake(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing):
+    return torch.empty_like(logits)
+
+
+@torch.library.register_fake("validated_loss::cross_entropy_prob_fwd")
+def _prob_fwd_fake(logits, target, weight, reduction, label_smoothing, check_finite=False):
+    rows = rows_shape(logits)
+    loss = logits.new_empty(rows) if reduction == 0 else logits.new_empty(())
+    lse = logits.new_empty((math.prod(rows),), dtype=accumulate_dtype(logits.dtype))
+    return loss, lse, logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
+
+
+@torch.library.register_fake("validated_loss::cross_entropy_prob_bwd")
+def _prob_bwd_fake(grad_loss, logits, target, weight, lse, reduction, label_smoothing, target_grad):
+    grad_target = torch.empty_like(target) if target_grad else logits.new_empty((0,))
+    return torch.empty_like(logits), grad_target
+
+
+@torch.library.register_fake("validated_loss::raise_for_status")
+def _raise_fake(status, target_shape, num_classes, ignore_index, logits_shape):
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Autograd. First-order gradients come from the backward ops; the rarely used second order is
+# torch's own: the first-order gradient is rebuilt from F.cross_entropy with create_graph and
+# differentiated, so double backward has exactly torch's semantics.
+
+
+def _torch_first_order(logits, target, weight, reduction, ignore_index, label_smoothing, grad_loss):
+    """torch's d loss / d (logits, target) as a differentiable graph (for second order)."""
+    loss = F.cross_entropy(logits, target, weight, ignore_index=ignore_index,
+                           reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
+    wrt = [logits] + ([target] if target.requires_grad else [])
+    return torch.autograd.grad(loss, wrt, grad_loss, create_graph=True)
+
+
+def _second_order(ctx_inputs, grads_out, build):
+    """Differentiates the first-order gradients `build(*leaves)` w.r.t. the leaves."""
+    leaves = [t.detach().requires_grad_(t.is_floating_point()) for t in ctx_inputs]
+    with torch.enable_grad():
+        first = build(*leaves)
+        pairs = [(f, g) for f, g in zip(first, grads_out) if g is not None]
+        wanted = [leaf for leaf in leaves if leaf.requires_grad]
+        found = torch.autograd.grad([f for f, _ in pairs], wanted, [g for _, g in pairs], allow_unused=True,
+                                    create_graph=torch.is_grad_enabled())
+    by_leaf = dict(zip(map(id, wanted), found))
+    return [by_leaf.get(id(leaf)) for leaf in leaves]
+
+
+def _fwd_setup(ctx, inputs, output):
+    logits, target, weight, reduction, ignore_index, label_smoothing = inputs[:6]
+    _, lse, total_weight, _ = output
+    ctx.save_for_backward(logits, target, weight, lse, total_weight)
+    ctx.args = (reduction, ignore_index, label_smoothing)
+
+
+def _fwd_backward(ctx, grad_loss, grad_lse, grad_total_weight, grad_status):
+    logits, target, weight, lse, total_weight = ctx.saved_tensors
+    grad = None
+    if ctx.needs_input_grad[0]:
+        grad = ops.cross_entropy_bwd(grad_loss, logits, target, weight, lse, total_weight, *ctx.args)
+    return grad, None, None, None, None, None, None, None
+
+
+def _bwd_setup(ctx, inputs, output):
+    grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing = inputs
+    ctx.save_for_backward(grad_loss, logits, target, weight)
+    ctx.args = (reduction, ignore_index, label_smoothing)
+
+
+def _bwd_backward(ctx, grad_grad):
+    grad_loss, logits, target, weight = ctx.saved_tensors
+    reduction, ignore_index, label_smoothing = ctx.args
+
+    def build(g, x):
+        return _torch_first_order(x, target, weight, reduction, ignore_index, label_smoothing, g)
+
+    d_grad_loss, d_logits = _second_order([grad_loss, logits], [grad_grad], build)
+    return d_grad_loss, d_logits, None, None, None, None, None, None, None
+
+
+def _prob_fwd_setup(ctx, inputs, output):
+    logits, target, weight, reduction, label_smoothing = inputs[:5]
+    ctx.save_for_backward(logits, target, weight, output[1])
+    ctx.args = (reduction, label_smoothing)
+
+
+def _prob_fwd_backward(ctx, grad_loss, grad_lse, grad_status):
+    logits, target, weight, lse = ctx.saved_tensors
+    reduction, label_smoothing = ctx.args
+    grad_x = grad_q = grad_w = None
+    if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+        grad_x, grad_q = ops.cross_entropy_prob_bwd(grad_loss, logits, target, weight, lse, reduction,
+                                                    label_smoothing, ctx.needs_input_grad[1])
+        grad_q = grad_q if ctx.needs_input_grad[1] else None
+    if ctx.needs_input_grad[2]:
+        # Only the probability path lets gradients reach the class weights (as in torch); rare
+        # enough that torch's composite computes it.
+        with torch.enable_grad():
+            w = weight.detach().requires_grad_()
+            loss = F.cross_entropy(logits.detach(), target.detach(), w, reduction=REDUCTION_NAMES[reduction],
+                                   label_smoothing=label_smoothing)
+            (grad_w,) = torch.autograd.grad(loss, w, grad_loss)
+    return grad_x, grad_q, grad_w, None, None, None
+
+
+def _prob_bwd_setup(ctx, inputs, output):
+    grad_loss, logits, target, weight, lse, reduction, label_smoothing, target_grad = inputs
+    ctx.save_for_backward(grad_loss, logits, target, weight)
+    ctx.args = (reduction, label_smoothing, target_grad)
+
+
+def _prob_bwd_backward(ctx, grad_grad_x, grad_grad_q):
+    grad_loss, logits, target, weight = ctx.saved_tensors
+    reduction, label_smoothing, target_grad = ctx.args
+
+    def build(g, x, q):
+        q.requires_grad_(target_grad)
+        return _torch_first_order(x, q, weight, reduction, -100, label_smoothing, g)
+
+    grads_out = [grad_grad_x] + ([grad_grad_q] if target_grad else [])
+    d_grad_loss, d_logits, d_target = _second_order([grad_loss, logits, target], grads_out, build)
+    return d_grad_loss, d_logits, d_target, None, None, None, None, None
+
+
+torch.library.register_autograd("validated_loss::cross_entropy_fwd", _fwd_backward, setup_context=_fwd_setup)
+torch.library.register_autograd("validated_loss::cross_entropy_bwd", _bwd_backward, setup_context=_bwd_setup)
+torch.library.register_autograd("validated_loss::cross_entropy_prob_fwd", _prob_fwd_backward,
+                                setup_context=_prob_fwd_setup)
+torch.library.register_autograd("validated_loss::cross_entropy_prob_bwd", _prob_bwd_backward,
+                                setup_context=_prob_bwd_setup)
+
+
+def has_kernel(device_type):
+    """Whether this build has kernels of its own for a device type ('cpu', 'cuda', ...)."""
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("validated_loss::cross_entropy_fwd", key)

@@ -1,0 +1,1194 @@
+"""Diagnostics for ``cross_entropy``: exception types, metadata checks, messages.
+
+Everything here is pure Python + torch. ``check_inputs`` reads only tensor
+metadata (shape, dtype, device, requires_grad), never values, so it costs
+nothing on the hot path and works on meta and fake tensors under
+``torch.compile``. ``check_batch`` is the debugging tool: it also reads target
+values (and may synchronise with the device to do so).
+
+Exceptions
+----------
+Every exception is a ``ValidatedLossError`` and also an instance of each
+built-in type torch 2.13 raises for some variant of the same misuse, so an
+existing ``except ValueError`` / ``except RuntimeError`` clause keeps working.
+When torch raises different types for variants of one misuse (a 0-dim target
+gets ValueError, IndexError or RuntimeError depending on the batch size and
+rank), the class inherits all of them.
+
+Messages
+--------
+Each message starts with torch's own text for the same check (so a search for
+torch's message still finds it), then lists the tensors involved, then a
+``Likely cause:`` and a ``Fix:`` line when the shapes allow a guess.
+
+Out-of-range targets are found by the kernel (or by ``check_batch``). The
+message is one line, in this exact format, shared with the C++ kernel path::
+
+    Target {value} is out of bounds. target[{i}, {j}, ...] = {value} is not a
+    class index in [0, {C}) and is not ignore_index ({ii}); {count} of {numel}
+    targets are invalid. Likely cause: {cause}
+
+(``target[()]`` for a 0-dim target; ``{i}, {j}, ...`` is the row-major
+unravelling of the flat position of the first invalid target.) ``{cause}`` is
+the first rule that applies:
+
+1. C == 0:         ``the input has no classes (its class dimension has size 0).``
+2. value < 0:      ``negative labels such as {value} are usually padding: pass ignore_index={value}.``
+3. C == 1:         ``a single output logit cannot be used with cross_entropy: use
+                   binary_cross_entropy_with_logits, or give the model 2 outputs.``
+4. value == C:     ``labels numbered 1..{C} instead of 0..{C-1} (use target - 1), or num_classes one too small.``
+5. value == 255:   ``255 marks 'void' pixels in many segmentation masks: pass ignore_index=255.``
+6. value < 255:    ``num_classes ({C}) is smaller than the label set, or the mask holds grey values 0..255 instead of class indices.``
+7. otherwise:      ``num_classes ({C}) is smaller than the label set.``
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+
+__all__ = [
+    "ValidatedLossError",
+    "BatchSizeMismatchError",
+    "TargetShapeError",
+    "TargetSizeError",
+    "ScalarTargetError",
+    "ProbabilityTargetShapeError",
+    "TargetDtypeError",
+    "LowPrecisionTargetError",
+    "InputDtypeError",
+    "InputShapeError",
+    "WeightShapeError",
+    "ScalarWeightError",
+    "WeightDtypeError",
+    "WeightRequiresGradError",
+    "IgnoreIndexError",
+    "LabelSmoothingRangeError",
+    "DeviceMismatchError",
+    "TargetOutOfRangeError",
+    "NonFiniteLogitsError",
+    "check_inputs",
+    "check_batch",
+    "BatchReport",
+    "format_out_of_range",
+]
+
+
+# =============================================================================
+# Exceptions
+# =============================================================================
+
+
+class ValidatedLossError(Exception):
+    """Base of every misuse error raised by validated_loss."""
+
+
+class BatchSizeMismatchError(ValidatedLossError, ValueError, RuntimeError):
+    """Input and target hold different numbers of samples.
+
+    torch raises ValueError; RuntimeError is added because much user code
+    catches that for any torch error.
+    """
+
+
+class TargetShapeError(ValidatedLossError, RuntimeError):
+    """A class-index target of the wrong rank or spatial size."""
+
+
+class TargetSizeError(TargetShapeError, ValueError):
+    """A target shape error that torch reports as a ValueError: logits flattened
+    but not the target (or the reverse), or a 1-D input with several targets."""
+
+
+class ScalarTargetError(TargetSizeError, IndexError):
+    """A 0-dim target for a batched input. Depending on the batch size and the
+    input rank torch raises ValueError, IndexError or RuntimeError."""
+
+
+class ProbabilityTargetShapeError(TargetShapeError, ValueError):
+    """A floating target meant as class probabilities whose shape differs from
+    the input's. ValueError too: a transposed one trips torch's batch check."""
+
+
+class TargetDtypeError(ValidatedLossError, RuntimeError):
+    """The target dtype does not fit the mode chosen by its shape."""
+
+
+class LowPrecisionTargetError(TargetDtypeError, NotImplementedError):
+    """A float8 probability target (RuntimeError, or NotImplementedError with
+    label smoothing)."""
+
+
+class InputDtypeError(ValidatedLossError, NotImplementedError):
+    """Integer, bool, complex or float8 logits."""
+
+
+class InputShapeError(ValidatedLossError, IndexError):
+    """0-dim logits: there is no class dimension."""
+
+
+class WeightShapeError(ValidatedLossError, RuntimeError):
+    """The class weight does not have one entry per class."""
+
+
+class ScalarWeightError(WeightShapeError, IndexError):
+    """A 0-dim weight that torch only rejects with an IndexError (label
+    smoothing with a K-dimensional input and one class)."""
+
+
+class WeightDtypeError(ValidatedLossError, RuntimeError):
+    """The class weight dtype differs from the logits' (class-index path) or
+    cannot be promoted (probability path)."""
+
+
+class WeightRequiresGradError(ValidatedLossError, RuntimeError):
+    """A weight that requires grad, on the class-index path."""
+
+
+class IgnoreIndexError(ValidatedLossError, RuntimeError):
+    """ignore_index >= 0 with class-probability targets."""
+
+
+class LabelSmoothingRangeError(ValidatedLossError, RuntimeError):
+    """label_smoothing > 1 (or inf)."""
+
+
+class DeviceMismatchError(ValidatedLossError, RuntimeError):
+    """Input, target and weight are not all on one device."""
+
+
+class TargetOutOfRangeError(ValidatedLossError, IndexError):
+    """A class index outside [0, C) that is not ignore_index.
+
+    ``position`` is the flat row-major position of the first invalid target
+    (as the kernel reports it), ``value`` its value, ``count`` how many
+    targets are invalid.
+    """
+
+    def __init__(self, message, *, position=None, value=None, num_classes=None,
+                 count=None, ignore_index=None):
+        super().__init__(message)
+        self.position = position
+        self.value = value
+        self.num_classes = num_classes
+        self.count = count
+        self.ignore_index = ignore_index
+
+
+class NonFiniteLogitsError(ValidatedLossError, ValueError, RuntimeError):
+    """A NaN or infinite logit (only with check_finite=True)."""
+
+    def __init__(self, message, *, row=None, column=None, value=None):
+        super().__init__(message)
+        self.row = row
+        self.column = column
+        self.value = value
+
+
+# =============================================================================
+# Small formatting helpers
+# =============================================================================
+
+# torch's C++ names for dtypes, as they appear in its messages.
+_CPP_DTYPE_NAMES = {
+    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half",
+    torch.bfloat16: "BFloat16", torch.int64: "Long", torch.int32: "Int",
+    torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+    torch.bool: "Bool", torch.complex32: "ComplexHalf",
+    torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+    torch.uint16: "UInt16", torch.uint32: "UInt32", torch.uint64: "UInt64",
+}
+
+# The dtypes log_softmax has kernels for.
+_LOGIT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _cpp_name(dtype: torch.dtype) -> str:
+    # float8 names are the Python name capitalised: float8_e5m2 -> Float8_e5m2.
+    name = _CPP_DTYPE_NAMES.get(dtype)
+    if name is None:
+        short = str(dtype).replace("torch.", "")
+        name = short[:1].upper() + short[1:]
+    return name
+
+
+def _shape(shape: Sequence) -> str:
+    """Python tuple style: (2, 7, 5), (14,), ()."""
+    return str(tuple(int(s) for s in shape))
+
+
+def _torch_list(shape: Sequence) -> str:
+    """torch's C++ style, used inside its messages: [2, 7, 5]."""
+    return "[" + ", ".join(str(int(s)) for s in shape) + "]"
+
+
+def _describe(name: str, t: torch.Tensor, device: bool = False) -> str:
+    text = f"  {name + ':':<8}shape {_shape(t.shape)}, dtype {t.dtype}"
+    return text + (f", device {t.device}" if device else "")
+
+
+def _message(torch_text: str, lines: Sequence[str], cause: Optional[str] = None,
+             fix: Optional[str] = None) -> str:
+    parts = [torch_text, *lines]
+    if cause:
+        parts.append(f"Likely cause: {cause}")
+    if fix:
+        parts.append(f"Fix: {fix}")
+    return "\n".join(parts)
+
+
+def _both(input, target) -> List[str]:
+    return [_describe("input", input), _describe("target", target)]
+
+
+def _class_dim(input) -> int:
+    return 0 if input.dim() == 1 else 1
+
+
+def _num_classes(input) -> int:
+    return int(input.shape[_class_dim(input)])
+
+
+def _index_shapes(input) -> List[Tuple[int, ...]]:
+    """The class-index target shapes torch accepts for this input."""
+    if input.dim() == 1:
+        return [(), (1,)]
+    return [(int(input.shape[0]),) + tuple(int(s) for s in input.shape[2:])]
+
+
+def _expected_line(input) -> str:
+    wanted = " or ".join(_shape(s) for s in _index_shapes(input))
+    return (f"  expected: class indices (int64) of shape {wanted}, or class "
+            f"probabilities (floating) of shape {_shape(input.shape)}")
+
+
+def _is_low_precision_float(dtype: torch.dtype) -> bool:
+    # float8 / float4 types: floating, one byte, and not promotable.
+    return dtype.is_floating_point and dtype.itemsize == 1
+
+
+def _index_dtype_ok(input, target) -> bool:
+    """Would the class-index path accept this target dtype?"""
+    if target.dtype == torch.int64:
+        return True
+    return target.dtype == torch.uint8 and input.dim() <= 2
+
+
+def _dtype_note(input, target) -> Optional[str]:
+    if _index_dtype_ok(input, target):
+        return None
+    return (f"  also: class indices must be int64, the target is {target.dtype}; "
+            f"add .long()")
+
+
+# =============================================================================
+# check_inputs: torch's metadata checks, in torch's order
+# =============================================================================
+
+
+def check_inputs(input, target, weight=None, ignore_index=-100,
+                 label_smoothing=0.0) -> str:
+    """Check what torch checks on metadata for ``cross_entropy``.
+
+    Raises the first error torch 2.13 would raise, as one of this module's
+    exceptions, with an explanatory message. Returns ``"probs"`` when
+    ``input.shape == target.shape`` (class-probability targets: torch decides
+    the mode by shape equality only) and ``"index"`` otherwise.
+    """
+    smoothing = float(label_smoothing)
+    if tuple(input.shape) == tuple(target.shape):
+        _check_probability_mode(input, target, weight, ignore_index, smoothing)
+        return "probs"
+    _check_index_mode(input, target, weight, smoothing)
+    return "index"
+
+
+def _check_probability_mode(input, target, weight, ignore_index, smoothing):
+    # Order of cross_entropy_loss_symint + cross_entropy_loss_prob_target.
+    _check_probability_target_dtype(input, target)
+    _check_ignore_index_for_probabilities(input, target, ignore_index)
+    _check_input_rank(input, probability_mode=True)
+    _check_weight_shape_for_probabilities(input, weight)
+    _check_input_dtype(input, target)
+    _check_smoothing_range(smoothing)
+    _check_low_precision_target_scaling(input, target, smoothing)
+    _check_devices(input, target, weight)
+    _check_probability_promotion(input, target, weight)
+
+
+def _check_index_mode(input, target, weight, smoothing):
+    # Order of cross_entropy_loss_symint -> log_softmax -> nll_loss_nd ->
+    # nll_loss / nll_loss2d (autograd check, device check, meta checks) -> kernel.
+    _check_smoothing_range(smoothing)
+    _check_input_rank(input, probability_mode=False)
+    _check_input_dtype(input, target)
+    _check_batch_size(input, target)
+    if input.dim() == 3 or input.dim() >= 5:
+        _check_kd_target_size(input, target)
+    _check_weight_requires_grad(input, weight)
+    _check_devices(input, target, weight)
+    if input.dim() <= 2:
+        _check_target_rank_2d(input, target)
+        _check_index_target_dtype(input, target)
+        _check_target_size_2d(input, target)
+        _check_weight_shape_2d(input, weight)
+    else:
+        if input.dim() == 4:
+            _check_target_rank_4d(input, target)
+        _check_index_target_dtype(input, target)
+        _check_weight_numel_kd(input, weight)
+        if input.dim() == 4:
+            _check_spatial_sizes_4d(input, target)
+    _check_weight_dtype(input, target, weight)
+    _check_byte_target_rank(input, target)
+    if smoothing > 0.0 and input.dim() >= 3:
+        _check_smoothing_weight_rank(input, weight)
+
+
+# ---- checks shared by both modes ---------------------------------------------
+
+
+def _check_smoothing_range(smoothing: float):
+    # torch only tests `smoothing > 0` then `<= 1`: NaN and negatives pass.
+    if not smoothing > 1.0:
+        return
+    torch_text = f"label_smoothing must be between 0.0 and 1.0. Got: {smoothing:g}"
+    if math.isinf(smoothing):
+        cause = "label_smoothing is infinite."
+    elif smoothing <= 100.0:
+        cause = (f"label_smoothing is a fraction in [0, 1] (typically 0.05 to 0.2); "
+                 f"{smoothing:g} looks like a percentage.")
+    else:
+        cause = "label_smoothing is a fraction in [0, 1]."
+    fix = f"label_smoothing={smoothing / 100:g}" if smoothing <= 100.0 else None
+    raise LabelSmoothingRangeError(_message(torch_text, [], cause, fix))
+
+
+def _check_input_rank(input, probability_mode: bool):
+    if input.dim() != 0:
+        return
+    # Both texts are torch's: size(1) on the probability path, log_softmax(dim=1) otherwise.
+    if probability_mode:
+        torch_text = "Dimension specified as 1 but tensor has no dimensions"
+    else:
+        torch_text = "Dimension out of range (expected to be in range of [-1, 0], but got 1)"
+    raise InputShapeError(_message(
+        torch_text, [_describe("input", input)],
+        "the input is a 0-dim scalar, so it has no class dimension. Was a loss "
+        "or a reduced value (.sum(), .max()) passed instead of the logits?",
+        "pass logits of shape (C,) for one sample or (N, C) for a batch."))
+
+
+def _check_input_dtype(input, target):
+    if input.dtype in _LOGIT_DTYPES:
+        return
+    kernel = "log_softmax_lastdim_kernel_impl" if input.dim() <= 2 else "log_softmax_kernel_impl"
+    torch_text = f'"{kernel}" not implemented for \'{_cpp_name(input.dtype)}\''
+    if target.is_floating_point() and not input.is_floating_point():
+        cause = ("input and target look swapped: the input holds integers and the "
+                 "target floats.")
+        fix = "call cross_entropy(logits, labels), logits first."
+    elif input.is_complex():
+        cause = "complex logits are not supported."
+        fix = "pass real logits (e.g. input.real or input.abs())."
+    elif input.is_floating_point():
+        cause = f"log_softmax has no kernel for {input.dtype} logits."
+        fix = "upcast first: input.float() (or input.bfloat16())."
+    else:
+        cause = (f"the logits are {input.dtype}; cross_entropy needs floating-point "
+                 "scores. Predicted class ids (argmax) were perhaps passed instead "
+                 "of the raw logits.")
+        fix = "pass the model's raw floating-point output, or input.float()."
+    raise InputDtypeError(_message(torch_text, _both(input, target), cause, fix))
+
+
+def _check_devices(input, target, weight):
+    others = [("target", target)] + ([("weight", weight)] if weight is not None else [])
+    for name, t in others:
+        if t.device == input.device:
+            continue
+        torch_text = (f"Expected all tensors to be on the same device, but got {name} "
+                      f"is on {t.device}, different from other tensors on {input.device}")
+        lines = [_describe("input", input, device=True), _describe(name, t, device=True)]
+        raise DeviceMismatchError(_message(
+            torch_text, lines,
+            f"the {name} was not moved to the model's device.",
+            f"{name} = {name}.to(input.device) (or .to(device) where the batch is loaded)."))
+
+
+# ---- probability mode ------------------------------------------------------
+
+
+def _check_probability_target_dtype(input, target):
+    if target.is_floating_point():
+        return
+    torch_text = (f"Expected floating point type for target with class probabilities, "
+                  f"got {_cpp_name(target.dtype)}")
+    lines = _both(input, target) + [
+        "  the target has the same shape as the input, so torch reads it as class "
+        "probabilities (the mode is chosen by shape alone)"]
+    cause, fix = _probability_dtype_hint(input, target)
+    raise TargetDtypeError(_message(torch_text, lines, cause, fix))
+
+
+def _probability_dtype_hint(input, target):
+    if target.is_complex():
+        return "complex targets are not supported.", "pass real class probabilities."
+    if input.dim() == 0:
+        return ("the input is a 0-dim scalar: it has no class dimension.",
+                "pass logits of shape (N, C) with class indices of shape (N,).")
+    if _num_classes(input) == 1:
+        return ("the logits have a single class, so softmax is constant and the loss "
+                "is always 0; this looks like binary classification.",
+                "F.binary_cross_entropy_with_logits(input, target.float()), or give "
+                "the model 2 outputs and pass class indices.")
+    if input.dim() == 1:
+        return ("a 1-D input is one sample; a target of the same size looks like a "
+                "one-hot vector.",
+                "pass the class index: target.argmax() (0-dim), or target.float() "
+                "for probabilities.")
+    index_shape = _shape(_index_shapes(input)[0])
+    return ("the target looks like one-hot labels stored as integers.",
+            f"target.argmax(1) gives class indices of shape {index_shape}; or use "
+            f"target.float() to treat them as probabilities.")
+
+
+def _check_ignore_index_for_probabilities(input, target, ignore_index):
+    if ignore_index < 0:
+        return
+    torch_text = "ignore_index is not supported for floating point target"
+    index_shape = " or ".join(_shape(s) for s in _index_shapes(input))
+    lines = _both(input, target) + [
+        f"  ignore_index={ignore_index}; the target has the same shape as the input, "
+        "so it is read as class probabilities, where ignore_index must be negative"]
+    raise IgnoreIndexError(_message(
+        torch_text, lines,
+        "ignore_index only applies to class-index targets.",
+        f"to skip positions with probability targets, use reduction='none' and mask "
+        f"the loss; for class indices pass an int64 target of shape {index_shape}."))
+
+
+def _check_weight_shape_for_probabilities(input, weight):
+    classes = _num_classes(input)
+    if weight is None or (weight.dim() == 1 and weight.numel() == classes):
+        return
+    torch_text = (f"cross_entropy: weight tensor should be defined either for all "
+                  f"{classes} classes or no classes but got weight tensor of shape: "
+                  f"{_torch_list(weight.shape)}")
+    cause, fix = _weight_shape_hint(input, weight)
+    raise WeightShapeError(_message(
+        torch_text, [_describe("input", input), _describe("weight", weight)], cause, fix))
+
+
+def _check_low_precision_target_scaling(input, target, smoothing):
+    # With smoothing, torch first scales the target by (1 - eps): no float8 kernel.
+    if smoothing > 0.0 and _is_low_precision_float(target.dtype):
+        torch_text = f'"mul_cpu_reduced_float" not implemented for \'{_cpp_name(target.dtype)}\''
+        raise LowPrecisionTargetError(_message(
+            torch_text, _both(input, target),
+            f"{target.dtype} probability targets cannot be computed with.",
+            "target.to(input.dtype)"))
+
+
+def _check_probability_promotion(input, target, weight):
+    # input * target * weight: float8 types do not promote with anything.
+    if _is_low_precision_float(target.dtype):
+        torch_text = (f"Promotion for Float8 Types is not supported, attempted to promote "
+                      f"{_cpp_name(input.dtype)} and {_cpp_name(target.dtype)}")
+        raise LowPrecisionTargetError(_message(
+            torch_text, _both(input, target),
+            f"{target.dtype} probability targets cannot be mixed with {input.dtype} logits.",
+            "target.to(input.dtype)"))
+    if weight is not None and _is_low_precision_float(weight.dtype):
+        product = torch.promote_types(input.dtype, target.dtype)
+        torch_text = (f"Promotion for Float8 Types is not supported, attempted to promote "
+                      f"{_cpp_name(product)} and {_cpp_name(weight.dtype)}")
+        raise WeightDtypeError(_message(
+            torch_text, [_describe("input", input), _describe("weight", weight)],
+            f"a {weight.dtype} weight cannot be mixed with {product} values.",
+            "weight.to(input.dtype)"))
+
+
+# ---- class-index mode: shape ------------------------------------------------
+
+
+def _target_batch_size(target) -> int:
+    # torch reads sizes()[0] even of a 0-dim target and, in practice, gets 0.
+    return int(target.shape[0]) if target.dim() > 0 else 0
+
+
+def _check_batch_size(input, target):
+    if input.dim() == 1 or int(input.shape[0]) == _target_batch_size(target):
+        return
+    torch_text = (f"Expected input batch_size ({int(input.shape[0])}) to match target "
+                  f"batch_size ({_target_batch_size(target)}).")
+    _raise_target_shape(torch_text, input, target, at_batch_check=True)
+
+
+def _check_kd_target_size(input, target):
+    if target.dim() == 0:
+        # Only reachable with N == 0 (else the batch check fired); torch then
+        # fails while slicing the target's sizes.
+        _raise_target_shape("ArrayRef: invalid slice, N = 1; size = 0", input, target)
+    if tuple(target.shape[1:]) == tuple(input.shape[2:]):
+        return
+    expected = (input.shape[0],) + tuple(input.shape[2:])
+    torch_text = f"Expected target size {_torch_list(expected)}, got {_torch_list(target.shape)}"
+    _raise_target_shape(torch_text, input, target)
+
+
+def _check_target_rank_2d(input, target):
+    if target.dim() <= 1:
+        return
+    _raise_target_shape("0D or 1D target tensor expected, multi-target not supported",
+                        input, target)
+
+
+def _check_target_size_2d(input, target):
+    if input.dim() == 1 and target.dim() == 1 and int(target.shape[0]) != 1:
+        _raise_one_dim_target_size(input, target)
+    if input.dim() == 2 and target.dim() == 0:
+        # Reachable with N == 0 only: torch then calls target.size(0).
+        _raise_target_shape("Dimension specified as 0 but tensor has no dimensions",
+                            input, target)
+
+
+def _check_target_rank_4d(input, target):
+    if target.dim() == 3:
+        return
+    torch_text = ("only batches of spatial targets supported (3D tensors) but got "
+                  f"targets of dimension: {target.dim()}")
+    _raise_target_shape(torch_text, input, target)
+
+
+def _check_spatial_sizes_4d(input, target):
+    if tuple(target.shape[1:]) == tuple(input.shape[2:]):
+        return
+    # Sic: torch's message has no closing parenthesis.
+    torch_text = (f"size mismatch (got input: {_torch_list(input.shape)} , target: "
+                  f"{_torch_list(target.shape)}")
+    _raise_target_shape(torch_text, input, target)
+
+
+def _raise_one_dim_target_size(input, target):
+    count = int(target.shape[0])
+    torch_text = f"For 1D input, 1D target must have size 1, but got target size: {count}"
+    classes = int(input.shape[0])
+    cause = (f"a 1-D input is one sample with {classes} class scores, so it takes one "
+             f"class index (shape () or (1,)); this target holds {count}.")
+    if count > 0:
+        cause += (f" If these are {count} samples, the batch dimension of the logits was "
+                  "lost (a .squeeze() with batch size 1, or indexing logits[i]).")
+    fix = f"pass logits of shape ({count}, C) for {count} samples, or one class index."
+    lines = _both(input, target) + [_expected_line(input)]
+    note = _dtype_note(input, target)
+    raise TargetSizeError(_message(torch_text, lines + ([note] if note else []), cause, fix))
+
+
+# ---- class-index mode: dtype, weight ----------------------------------------
+
+
+def _check_index_target_dtype(input, target):
+    if target.dtype in (torch.int64, torch.uint8):
+        return
+    torch_text = (f"expected target dtype to be Long or Byte, but got "
+                  f"{_cpp_name(target.dtype)}")
+    cause, fix = _index_dtype_hint(input, target)
+    raise TargetDtypeError(_message(torch_text, _both(input, target), cause, fix))
+
+
+def _index_dtype_hint(input, target):
+    if target.is_floating_point():
+        return ("class indices stored as floats (from a float array or DataFrame, or "
+                "torch.Tensor(list), which makes float32). A floating target is read as "
+                f"class probabilities only when its shape equals the input's "
+                f"{_shape(input.shape)}.",
+                "target.long()")
+    if target.dtype == torch.bool:
+        return ("bool labels: binary classification?",
+                "target.long() with 2-class logits, or "
+                "F.binary_cross_entropy_with_logits(logit, target.float()) with one logit.")
+    if target.is_complex():
+        return "complex targets are not supported.", "pass int64 class indices."
+    if target.dtype == torch.int32:
+        return ("int32 labels, typically from a numpy int32 array (numpy's default "
+                "integer on Windows before numpy 2) through torch.from_numpy.",
+                "target.long()")
+    return (f"{target.dtype} labels; torch needs int64 class indices.", "target.long()")
+
+
+def _check_byte_target_rank(input, target):
+    # The meta check allows Byte, but the K-dim kernel reads int64 only.
+    if target.dtype != torch.uint8 or input.dim() <= 2:
+        return
+    raise TargetDtypeError(_message(
+        "expected scalar type Long but found Byte", _both(input, target),
+        "uint8 targets are accepted only for 1-D and 2-D inputs; masks read from "
+        "images are usually uint8.",
+        "target.long()"))
+
+
+def _check_weight_requires_grad(input, weight):
+    if weight is None or not weight.requires_grad or not torch.is_grad_enabled():
+        return
+    function = "nll_loss_forward" if input.dim() <= 2 else "nll_loss2d_forward"
+    torch_text = (f"The function '{function}' is not differentiable with respect to "
+                  "argument 'weight'. This input cannot have requires_grad True.")
+    raise WeightRequiresGradError(_message(
+        torch_text, [_describe("weight", weight) + ", requires_grad=True"],
+        "the class weight is a learnable Parameter, or computed from one; the loss "
+        "with class-index targets has no gradient for it.",
+        "pass weight.detach(), or keep the weight in a buffer (register_buffer)."))
+
+
+def _check_weight_shape_2d(input, weight):
+    classes = _num_classes(input)
+    if weight is None or (weight.dim() == 1 and weight.numel() == classes):
+        return
+    torch_text = (f"weight tensor should be defined either for all {classes} classes or "
+                  f"no classes but got weight tensor of shape: {_torch_list(weight.shape)}")
+    cause, fix = _weight_shape_hint(input, weight)
+    raise WeightShapeError(_message(
+        torch_text, [_describe("input", input), _describe("weight", weight)], cause, fix))
+
+
+def _check_weight_numel_kd(input, weight):
+    # The K-dim kernels check only numel: a (C, 1) weight passes.
+    if weight is None or weight.numel() == _num_classes(input):
+        return
+    cause, fix = _weight_shape_hint(input, weight)
+    raise WeightShapeError(_message(
+        "weight tensor should be defined either for all or no classes",
+        [_describe("input", input), _describe("weight", weight)], cause, fix))
+
+
+def _weight_shape_hint(input, weight):
+    classes, size = _num_classes(input), int(weight.numel())
+    if size == classes:
+        return (f"the weight has the right {classes} entries but shape "
+                f"{_shape(weight.shape)}; it must be 1-D.", "weight.flatten()")
+    head = f"the weight has {size} entries but the input has {classes} classes (dim {_class_dim(input)})"
+    other_dims = [d for d in range(input.dim()) if d != _class_dim(input) and int(input.shape[d]) == size]
+    if other_dims:
+        return (f"{head}; {size} is the size of input dim {other_dims[0]}, so the class "
+                "dimension may be in the wrong place (it must be dim 1).", None)
+    if size < classes:
+        return (f"{head}: weights computed from the labels present in the data (np.unique, "
+                "compute_class_weight, bincount without minlength) miss classes that never "
+                "occur.", f"torch.bincount(labels, minlength={classes}) to count every class.")
+    return (f"{head}: the model's output layer has fewer classes than the label set.",
+            f"give the model {size} outputs, or a weight of {classes} entries.")
+
+
+def _check_weight_dtype(input, target, weight):
+    if weight is None or weight.dtype == input.dtype:
+        return
+    torch_text = (f"expected scalar type {_cpp_name(input.dtype)} but found "
+                  f"{_cpp_name(weight.dtype)}")
+    if weight.dtype == torch.float64:
+        cause = ("float64 weights usually come from numpy (torch.tensor(np_array)); "
+                 "the logits are " + str(input.dtype) + ".")
+    elif not weight.is_floating_point():
+        cause = "class weights must be floating point, with the logits' dtype."
+    else:
+        cause = (f"the weight is {weight.dtype} but the logits are {input.dtype} "
+                 "(mixed precision / autocast changes the logits' dtype).")
+    raise WeightDtypeError(_message(
+        torch_text, [_describe("input", input), _describe("weight", weight)],
+        cause, "weight.to(input.dtype)"))
+
+
+def _check_smoothing_weight_rank(input, weight):
+    # The smoothing term views the weight as (1, C, 1, ...) from weight.size(0).
+    if weight is None or weight.dim() == 1:
+        return
+    lines = [_describe("input", input), _describe("weight", weight)]
+    cause = "with label_smoothing > 0 the class weight must be 1-D."
+    if weight.dim() == 0:
+        raise ScalarWeightError(_message(
+            "Dimension specified as 0 but tensor has no dimensions", lines, cause,
+            "weight.reshape(1)"))
+    if int(weight.shape[0]) == _num_classes(input):
+        torch_text = "Index tensor must have the same number of dimensions as input tensor"
+    else:
+        view = [1] * input.dim()
+        view[1] = int(weight.shape[0])
+        torch_text = (f"shape '{_torch_list(view)}' is invalid for input of size "
+                      f"{int(weight.numel())}")
+    raise WeightShapeError(_message(torch_text, lines, cause, "weight.flatten()"))
+
+
+# =============================================================================
+# Target shape diagnosis: which layout mistake explains the shapes?
+# =============================================================================
+
+
+@dataclass(frozen=True)
+class _Diagnosis:
+    # kind picks the exception class: "scalar" (0-dim target), "probs" (a
+    # probability target of the wrong shape), "layout" (a fixable layout
+    # mistake), "batch" (genuinely different numbers of samples).
+    kind: str
+    cause: str
+    fix: Optional[str] = None
+
+
+def _raise_target_shape(torch_text, input, target, at_batch_check=False):
+    diagnosis = _diagnose_target_shape(input, target, at_batch_check)
+    lines = _both(input, target) + [_expected_line(input)]
+    note = _dtype_note(input, target) if diagnosis.kind != "probs" else None
+    if note:
+        lines.append(note)
+    cls = _shape_error_class(diagnosis.kind, at_batch_check)
+    raise cls(_message(torch_text, lines, diagnosis.cause, diagnosis.fix))
+
+
+def _shape_error_class(kind, at_batch_check):
+    # torch raises ValueError at the batch check, RuntimeError elsewhere.
+    if kind == "scalar":
+        return ScalarTargetError
+    if kind == "probs":
+        return ProbabilityTargetShapeError
+    if kind == "batch":
+        return BatchSizeMismatchError
+    return TargetSizeError if at_batch_check else TargetShapeError
+
+
+def _diagnose_target_shape(input, target, at_batch_check) -> _Diagnosis:
+    for hint in _SHAPE_HINTS:
+        diagnosis = hint(input, target)
+        if diagnosis is not None:
+            return diagnosis
+    if at_batch_check:
+        return _hint_batch_sizes(input, target)
+    return _Diagnosis("layout", "the target shape matches neither layout above.")
+
+
+def _numel(shape) -> int:
+    return math.prod(int(s) for s in shape)
+
+
+def _without(shape, dim):
+    return tuple(int(s) for i, s in enumerate(shape) if i != dim)
+
+
+def _hint_scalar_target(input, target):
+    if target.dim() != 0:
+        return None
+    n = int(input.shape[0])
+    wanted = _shape(_index_shapes(input)[0])
+    fix = "target.view(1)" if input.dim() == 2 and n == 1 else f"pass one class index per position, shape {wanted}."
+    return _Diagnosis("scalar", f"the target is a single number (0-dim) but the input "
+                                f"holds a batch of {n}.", fix)
+
+
+def _hint_squeeze(input, target):
+    # A size-1 dim too many: (N, 1) labels, (N, 1, H, W) masks.
+    wanted = _index_shapes(input)
+    for dim in reversed(range(target.dim())):
+        if int(target.shape[dim]) == 1 and _without(target.shape, dim) in wanted:
+            if input.dim() == 4 and dim == 1:
+                cause = "masks loaded as single-channel images keep a channel dimension (N, 1, H, W)."
+            elif target.dim() == 2 and dim == 1:
+                cause = "labels stored as a column (N, 1), e.g. from a DataFrame column or a (N, 1) array."
+            else:
+                cause = f"the target has an extra dimension of size 1 at dim {dim}."
+            return _Diagnosis("layout", cause, f"target.squeeze({dim})")
+    return None
+
+
+def _hint_channel_last_logits(input, target):
+    # (N, T, C) or (N, H, W, C) logits with a matching (N, T) / (N, H, W) target.
+    if input.dim() < 3 or tuple(target.shape) != (int(input.shape[0]),) + tuple(int(s) for s in input.shape[1:-1]):
+        return None
+    classes = int(input.shape[-1])
+    if input.dim() == 3:
+        n, t = int(input.shape[0]), int(input.shape[1])
+        cause = (f"the logits are (batch, sequence, classes) = {_shape(input.shape)} with "
+                 f"{classes} classes last, but torch takes dim 1 as the class dimension.")
+        fix = (f"logits.transpose(1, 2) (shape ({n}, {classes}, {t})), or flatten both: "
+               f"logits.flatten(0, 1) and target.flatten() (shapes ({n * t}, {classes}) "
+               f"and ({n * t},)).")
+    else:
+        order = ", ".join(["0", str(input.dim() - 1)] + [str(d) for d in range(1, input.dim() - 1)])
+        cause = (f"the logits are channels-last {_shape(input.shape)} with {classes} "
+                 f"classes last, but torch takes dim 1 as the class dimension.")
+        fix = (f"logits.permute({order}) (or logits.movedim(-1, 1)); or flatten both: "
+               f"logits.reshape(-1, {classes}) and target.reshape(-1).")
+    return _Diagnosis("layout", cause, fix)
+
+
+def _hint_channel_last_target(input, target):
+    # (N, d..., C) one-hot / probabilities, or (N, H, W, 3) colour masks.
+    if input.dim() < 3 or target.dim() != input.dim():
+        return None
+    if tuple(int(s) for s in target.shape[:-1]) != _index_shapes(input)[0]:
+        return None
+    last, classes = int(target.shape[-1]), _num_classes(input)
+    rgb = input.dim() >= 4 and last in (3, 4)
+    rgb_fix = ("map each colour to its class index (compare against the palette) to get "
+               f"an int64 mask of shape {_shape(_index_shapes(input)[0])}")
+    if last == classes and target.is_floating_point():
+        return _Diagnosis("probs", "class probabilities stored channels-last (classes in "
+                                   "the last dim).", "target.movedim(-1, 1)")
+    if last == classes:
+        fix = "target.argmax(-1) for class indices"
+        return _Diagnosis("layout", "one-hot labels with the classes in the last dim.",
+                          fix + (f"; if it is an RGB mask, {rgb_fix}." if rgb else "."))
+    if rgb:
+        return _Diagnosis("layout", f"the target looks like an RGB{'A' if last == 4 else ''} "
+                                    f"colour mask (last dim {last}).", rgb_fix + ".")
+    return None
+
+
+def _hint_probability_shape(input, target):
+    # A floating target of the input's rank was meant as class probabilities.
+    if not target.is_floating_point() or target.dim() != input.dim():
+        return None
+    ins = tuple(int(s) for s in input.shape)
+    tgt = tuple(int(s) for s in target.shape)
+    if sorted(ins) == sorted(tgt):
+        if len(ins) == 2 and tgt == ins[::-1]:
+            return _Diagnosis("probs", f"the probability target is transposed: {_shape(tgt)} "
+                                       f"instead of {_shape(ins)}.", "target.t()")
+        return _Diagnosis("probs", "the probability target has the input's sizes in another "
+                                   "order.", f"permute the target to {_shape(ins)}.")
+    diffs = [f"dim {d}: input {ins[d]}, target {tgt[d]}" for d in range(len(ins)) if ins[d] != tgt[d]]
+    cause = "the probability target's shape differs from the input's (" + "; ".join(diffs) + ")."
+    if len(diffs) == 1 and ins[_class_dim(input)] != tgt[_class_dim(input)]:
+        cause = (f"the probability target has {tgt[_class_dim(input)]} classes but the logits "
+                 f"have {ins[_class_dim(input)]}: the one-hot / soft labels and the model "
+                 "disagree on the number of classes.")
+    if input.dim() == 4 and tgt[1] in (3, 4):
+        cause += " Or it is an RGB mask loaded with ToTensor: convert colours to class indices."
+    return _Diagnosis("probs", cause)
+
+
+def _hint_flattened_logits(input, target):
+    # Logits flattened to (N*T, C), target still (N, T).
+    if input.dim() != 2 or target.dim() < 2 or _numel(target.shape) != int(input.shape[0]):
+        return None
+    rows, classes = int(input.shape[0]), int(input.shape[1])
+    sizes = ", ".join(str(int(s)) for s in target.shape)
+    return _Diagnosis(
+        "layout",
+        f"the logits were flattened to {_shape(input.shape)} but the target is still "
+        f"{_shape(target.shape)}.",
+        f"target.flatten() (shape ({rows},)); or keep both unflattened: "
+        f"logits.view({sizes}, {classes}).movedim(-1, 1) with the {_shape(target.shape)} target.")
+
+
+def _hint_flattened_target(input, target):
+    # Target flattened to (N*T,), logits still (N, T, C) or (N, C, d...).
+    if input.dim() < 3 or target.dim() != 1:
+        return None
+    size = int(target.shape[0])
+    n = int(input.shape[0])
+    if input.dim() == 3 and n * int(input.shape[1]) == size:
+        classes = int(input.shape[2])
+        return _Diagnosis(
+            "layout",
+            f"the target was flattened to ({size},) = {n} x {int(input.shape[1])} but the "
+            f"logits are still (batch, sequence, classes) = {_shape(input.shape)}.",
+            f"logits.flatten(0, 1) (shape ({size}, {classes})).")
+    if n * _numel(input.shape[2:]) == size:
+        classes = int(input.shape[1])
+        spatial = ", ".join(str(int(s)) for s in input.shape[2:])
+        return _Diagnosis(
+            "layout",
+            f"the target was flattened to ({size},) but the logits are still "
+            f"{_shape(input.shape)}.",
+            f"logits.movedim(1, -1).reshape(-1, {classes}) (shape ({size}, {classes})), "
+            f"or target.view({n}, {spatial}).")
+    return None
+
+
+def _hint_flattened_one_hot(input, target):
+    # (N*C,) target for (N, C) logits: one-hot rows flattened.
+    if input.dim() != 2 or target.dim() != 1:
+        return None
+    n, classes = int(input.shape[0]), int(input.shape[1])
+    if n == 0 or classes < 2 or int(target.shape[0]) != n * classes:
+        return None
+    return _Diagnosis(
+        "layout",
+        f"the target has {n * classes} = {n} x {classes} entries: one-hot label rows "
+        "flattened into one vector.",
+        f"target.view({n}, {classes}).argmax(1) for class indices.")
+
+
+def _hint_spatial_sizes(input, target):
+    # Right rank, right batch, some spatial sizes differ.
+    wanted = _index_shapes(input)[0]
+    if input.dim() < 3 or target.dim() != len(wanted) or int(target.shape[0]) != wanted[0]:
+        return None
+    got = tuple(int(s) for s in target.shape)
+    diffs = [f"target dim {d} has size {got[d]} but input dim {d + 1} has size {wanted[d]}"
+             for d in range(1, len(wanted)) if got[d] != wanted[d]]
+    cause = "spatial sizes differ: " + "; ".join(diffs) + "."
+    if sorted(got[1:]) == sorted(wanted[1:]):
+        if len(got) == 3:
+            return _Diagnosis("layout", cause + " Height and width are swapped.", "target.transpose(1, 2)")
+        return _Diagnosis("layout", cause + " The same sizes in another order.",
+                          f"permute the target to {_shape(wanted)}.")
+    factor = _common_scale(got[1:], wanted[1:])
+    if factor is not None:
+        return _Diagnosis(
+            "layout", cause + f" The target is {factor:g} times the logits' resolution: the "
+                              "model output is downsampled, or masks and images were resized "
+                              "differently.",
+            f"F.interpolate(logits, size={tuple(got[1:])}, mode='bilinear') "
+            "(or resize the masks with mode='nearest').")
+    return _Diagnosis("layout", cause + " Images and masks were resized or cropped "
+                                        "differently; apply the same transform to both.")
+
+
+def _common_scale(got, wanted) -> Optional[float]:
+    ratios = {g / w for g, w in zip(got, wanted) if w > 0}
+    if len(ratios) == 1 and all(w > 0 for w in wanted):
+        return ratios.pop()
+    return None
+
+
+def _hint_missing_dims(input, target):
+    # (N,) target for (N, C, T) logits: one label per sample, per-position logits.
+    wanted = _index_shapes(input)[0]
+    if input.dim() < 3 or not 0 < target.dim() < len(wanted):
+        return None
+    if tuple(int(s) for s in target.shape) != wanted[:target.dim()]:
+        return None
+    extra = wanted[target.dim():]
+    if all(e == 1 for e in extra):
+        shape = (wanted[0], _num_classes(input)) + wanted[1:target.dim()]
+        return _Diagnosis("layout", f"the logits have trailing size-1 dims {_shape(extra)}.",
+                          f"logits.reshape{_shape(shape)}")
+    return _Diagnosis(
+        "layout",
+        f"one label per sample, but the logits have extra dims {_shape(extra)} "
+        "(per-token or per-pixel outputs).",
+        "reduce the logits over those dims first (e.g. logits.mean(2), or the last step "
+        f"logits[:, :, -1]), or give one label per position, shape {_shape(wanted)}.")
+
+
+def _hint_multi_label(input, target):
+    # (N, K) integer target for (N, C) logits, K != C.
+    if input.dim() != 2 or target.dim() != 2 or int(target.shape[0]) != int(input.shape[0]):
+        return None
+    k, classes = int(target.shape[1]), int(input.shape[1])
+    return _Diagnosis(
+        "layout",
+        f"the target has {k} columns per sample while the logits have {classes} classes: "
+        "one-hot labels built for another number of classes, or multi-label targets.",
+        "for one-hot labels target.argmax(1) (with a model of matching width); for "
+        "several labels per sample use F.binary_cross_entropy_with_logits.")
+
+
+def _hint_batch_sizes(input, target) -> _Diagnosis:
+    n_in, n_tgt = int(input.shape[0]), _target_batch_size(target)
+    small, large = sorted((n_in, n_tgt))
+    cause = f"the input has {n_in} samples but the target has {n_tgt}."
+    if small == 0:
+        return _Diagnosis("batch", cause + " One of them is empty.")
+    reasons = []
+    if large % small == 0:
+        more = "target" if n_tgt > n_in else "input"
+        reasons.append(f"the {more} has {large // small} entries per sample of the other: "
+                       "a reshape / view(-1) / flatten merged a dimension into the batch, or "
+                       "the two come from loaders with different batch_size")
+    reasons.append(f"{small} may be a final partial batch: inputs and targets are batched by "
+                   "different DataLoaders or datasets of different lengths (drop_last=True "
+                   "on one side only, or an uneven train/validation split)")
+    return _Diagnosis("batch", cause + " " + "; or ".join(reasons) + ".",
+                      "batch inputs and targets together: one Dataset returning "
+                      "(input, target) pairs, one DataLoader.")
+
+
+# Tried in order; the first that recognises the shapes wins.
+_SHAPE_HINTS = (
+    _hint_scalar_target,
+    _hint_squeeze,
+    _hint_channel_last_logits,
+    _hint_channel_last_target,
+    _hint_flattened_logits,
+    _hint_probability_shape,
+    _hint_flattened_target,
+    _hint_flattened_one_hot,
+    _hint_spatial_sizes,
+    _hint_missing_dims,
+    _hint_multi_label,
+)
+
+
+# =============================================================================
+# Out-of-range targets
+# =============================================================================
+
+
+def _unravel(position: int, shape: Sequence[int]) -> Tuple[int, ...]:
+    index = []
+    for size in reversed(shape):
+        index.append(position % size if size else 0)
+        position = position // size if size else 0
+    return tuple(reversed(index))
+
+
+def _out_of_range_cause(value: int, num_classes: int) -> str:
+    # The rules of the module docstring, in order.
+    if num_classes == 0:
+        return "the input has no classes (its class dimension has size 0)."
+    if value < 0:
+        return f"negative labels such as {value} are usually padding: pass ignore_index={value}."
+    if num_classes == 1:
+        return ("a single output logit cannot be used with cross_entropy: use "
+                "binary_cross_entropy_with_logits, or give the model 2 outputs.")
+    if value == num_classes:
+        return (f"labels numbered 1..{num_classes} instead of 0..{num_classes - 1} "
+                "(use target - 1), or num_classes one too small.")
+    if value == 255:
+        return "255 marks 'void' pixels in many segmentation masks: pass ignore_index=255."
+    if value < 255:
+        return (f"num_classes ({num_classes}) is smaller than the label set, or the mask "
+                "holds grey values 0..255 instead of class indices.")
+    return f"num_classes ({num_classes}) is smaller than the label set."
+
+
+def format_out_of_range(target_shape, flat_position, value, num_classes, count,
+                        ignore_index) -> str:
+    """The out-of-range message (format in the module docstring)."""
+    shape = tuple(int(s) for s in target_shape)
+    index = _unravel(int(flat_position), shape)
+    where = "target[" + (", ".join(str(i) for i in index) if index else "()") + "]"
+    return (f"Target {value} is out of bounds. {where} = {value} is not a class index in "
+            f"[0, {num_classes}) and is not ignore_index ({ignore_index}); {count} of "
+            f"{_numel(shape)} targets are invalid. Likely cause: "
+            f"{_out_of_range_cause(int(value), int(num_classes))}")
+
+
+def _find_out_of_range(input, target, ignore_index) -> Optional[TargetOutOfRangeError]:
+    classes = _num_classes(input)
+    flat = target.reshape(-1).long()
+    invalid = ((flat < 0) | (flat >= classes)) & (flat != ignore_index)
+    count = int(invalid.sum())
+    if count == 0:
+        return None
+    position = int(invalid.nonzero()[0, 0])
+    value = int(flat[position])
+    message = format_out_of_range(target.shape, position, value, classes, count, ignore_index)
+    return TargetOutOfRangeError(message, position=position, value=value,
+                                 num_classes=classes, count=count, ignore_index=ignore_index)
+
+
+# =============================================================================
+# check_batch: a report instead of an exception
+# =============================================================================
+
+
+@dataclass
+class BatchReport:
+    """What ``check_batch`` found. ``error`` is what cross_entropy would raise."""
+
+    ok: bool
+    mode: str
+    problems: List[str] = field(default_factory=list)
+    warnings: List[str] = field(default_factory=list)
+    error: Optional[Exception] = None
+
+    def __str__(self) -> str:
+        mode = "class-probability targets" if self.mode == "probs" else "class-index targets"
+        status = "OK" if self.ok else f"{len(self.problems)} problem(s)"
+        lines = [f"cross_entropy batch check: {status}, {len(self.warnings)} warning(s) ({mode})"]
+        for title, texts in (("problem", self.problems), ("warning", self.warnings)):
+            for text in texts:
+                lines.append(f"- {title}: " + text.replace("\n", "\n    "))
+        return "\n".join(lines)
+
+
+def check_batch(input, target, weight=None, ignore_index=-100, label_smoothing=0.0, *,
+                check_values=True) -> BatchReport:
+    """Run ``check_inputs`` without raising, plus checks torch does not make.
+
+    With ``check_values=True`` the target (and logit) values are read too:
+    out-of-range class indices, all targets ignored, probability rows that are
+    not distributions, logits that look like softmax outputs. This may
+    synchronise with the device; it is a debugging tool.
+    """
+    mode = "probs" if tuple(input.shape) == tuple(target.shape) else "index"
+    report = BatchReport(ok=True, mode=mode)
+    try:
+        check_inputs(input, target, weight, ignore_index, label_smoothing)
+    except ValidatedLossError as exc:
+        _record(report, exc)
+        return report
+    report.warnings += _layout_warnings(input, target, mode)
+    if check_values and not (input.is_meta or target.is_meta):
+        if mode == "index":
+            error = _find_out_of_range(input, target, ignore_index)
+            if error is not None:
+                _record(report, error)
+            report.warnings += _ignored_warnings(target, ignore_index)
+        else:
+            report.warnings += _probability_warnings(input, target)
+        report.warnings += _logit_warnings(input)
+    return report
+
+
+def _record(report: BatchReport, error: Exception):
+    report.ok = False
+    report.error = error
+    report.problems.append(str(error))
+
+
+def _layout_warnings(input, target, mode) -> List[str]:
+    # torch accepts (N, T, C) logits with an (N, T) target when T == C, reading T
+    # as the classes: the same shapes fit the channels-last reading.
+    if mode != "index" or input.dim() < 3:
+        return []
+    if tuple(target.shape[1:]) != tuple(input.shape[1:-1]):
+        return []
+    fix = "logits.transpose(1, 2)" if input.dim() == 3 else "logits.movedim(-1, 1)"
+    return [f"logits {_shape(input.shape)} with target {_shape(target.shape)} are ambiguous: "
+            f"torch takes dim 1 as the class dimension ({int(input.shape[1])} classes). If "
+            f"the classes are the last dim (batch, ..., classes), the loss is silently "
+            f"wrong: pass {fix}."]
+
+
+def _ignored_warnings(target, ignore_index) -> List[str]:
+    if target.numel() == 0 or not bool((target.long() == ignore_index).all()):
+        return []
+    return [f"every target equals ignore_index ({ignore_index}): with reduction='mean' "
+            "the loss is NaN (0 / 0)."]
+
+
+def _probability_warnings(input, target) -> List[str]:
+    if target.numel() == 0 or input.dim() == 0:
+        return []
+    probs = target.double()
+    sums = probs.sum(_class_dim(input))
+    warnings = []
+    if bool((probs < 0).any()):
+        warnings.append("the probability target has negative entries; torch accepts them "
+                        "silently.")
+    if not bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
+        warnings.append("the probability target rows do not sum to 1 along the class dim; "
+                        "torch accepts them silently.")
+    return warnings
+
+
+def _logit_warnings(input) -> List[str]:
+    if input.numel() == 0 or input.dim() == 0:
+        return []
+    values = input.double()
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        position = _unravel(int((~finite).reshape(-1).nonzero()[0, 0]), input.shape)
+        return [f"the logits contain NaN or inf (first at input{list(position)}); the loss "
+                "will be NaN or inf."]
+    sums = values.sum(_class_dim(input))
+    if bool((values >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
+        return ["the input looks like probabilities (non-negative, summing to 1): "
+                "cross_entropy applies log_softmax itself, so pass raw logits (remove the "
+                "final softmax)."]
+    return []

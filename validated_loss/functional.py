@@ -1,0 +1,161 @@
+"""cross_entropy: torch's signature and semantics, one call into the fused ops.
+
+This layer only normalises arguments (legacy size_average/reduce, reduction names, 1-D inputs,
+dtype promotion of probability targets) and asks diagnostics to explain metadata misuse before
+the kernel runs. Value checks (target range, non-finite logits) happen inside the kernel's own
+pass; the errors it reports are re-raised here as the package's exception classes.
+"""
+
+import operator
+import re
+
+import torch
+import torch.nn.functional as F
+from torch.nn import _reduction
+from torch.overrides import handle_torch_function, has_torch_function_variadic
+
+from . import _ops, diagnostics
+from .diagnostics import NonFiniteLogitsError, TargetOutOfRangeError
+
+VALIDATE_MODES = {"off": 0, "sync": 1, "deferred": 2}
+
+
+def cross_entropy(
+    input,
+    target,
+    weight=None,
+    size_average=None,
+    ignore_index=-100,
+    reduce=None,
+    reduction="mean",
+    label_smoothing=0.0,
+    *,
+    validate="sync",
+    check_finite=False,
+):
+    """Drop-in for torch.nn.functional.cross_entropy, computed by validated_loss's fused kernels.
+
+    Extra keyword arguments:
+      validate: "sync" (default), "deferred" or "off" — how a bad target found on a CUDA device is
+        reported (see README); on the CPU every mode raises at once, at no cost.
+      check_finite: also report the first NaN/inf logit (row and class), from the same pass.
+    """
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(
+            cross_entropy, (input, target, weight), input, target, weight=weight, size_average=size_average,
+            ignore_index=ignore_index, reduce=reduce, reduction=reduction, label_smoothing=label_smoothing,
+            validate=validate, check_finite=check_finite,
+        )
+    if size_average is not None or reduce is not None:
+        reduction = _reduction.legacy_get_string(size_average, reduce)  # warns as torch does
+    reduction_code = _reduction.get_enum(reduction)  # ValueError for unknown names, as torch
+    ignore_index, label_smoothing = _check_argument_types(input, target, weight, ignore_index, label_smoothing)
+    if validate not in VALIDATE_MODES:
+        raise ValueError(f"validate must be one of {sorted(VALIDATE_MODES)}, got {validate!r}")
+    mode = diagnostics.check_inputs(input, target, weight, ignore_index, label_smoothing)
+
+    if not _ops.has_kernel(input.device.type):
+        return _torch_fallback(input, target, weight, reduction_code, ignore_index, label_smoothing, mode)
+    if mode == "probs":
+        return _probability_loss(input, target, weight, reduction_code, label_smoothing, check_finite)
+    return _class_index_loss(input, target, weight, reduction_code, ignore_index, label_smoothing, check_finite,
+                             VALIDATE_MODES[validate])
+
+
+def _check_argument_types(input, target, weight, ignore_index, label_smoothing):
+    """The TypeErrors torch's argument parser raises, with its wording."""
+    for position, (name, value) in enumerate((("input", input), ("target", target)), start=1):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"cross_entropy_loss(): argument '{name}' (position {position}) must be Tensor, "
+                            f"not {type(value).__name__}")
+    if weight is not None and not isinstance(weight, torch.Tensor):
+        raise TypeError(f"cross_entropy_loss(): argument 'weight' (position 3) must be Tensor, not {type(weight).__name__}")
+    if isinstance(ignore_index, bool):
+        raise TypeError("cross_entropy_loss(): argument 'ignore_index' (position 5) must be int, not bool")
+    try:
+        ignore_index = operator.index(ignore_index)
+    except TypeError:
+        raise TypeError(f"cross_entropy_loss(): argument 'ignore_index' (position 5) must be int, "
+                        f"not {type(ignore_index).__name__}") from None
+    if not -(2**63) <= ignore_index < 2**63:
+        raise ValueError("Overflow when unpacking long long")
+    if isinstance(label_smoothing, torch.Tensor) and label_smoothing.dim() == 0:
+        label_smoothing = label_smoothing.item()
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
+        raise TypeError(f"cross_entropy_loss(): argument 'label_smoothing' (position 6) must be float, "
+                        f"not {type(label_smoothing).__name__}")
+    return ignore_index, float(label_smoothing)
+
+
+def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoothing, check_finite, validate):
+    one_dim = input.dim() == 1  # (C,) logits with a () or (1,) target: one row
+    logits = input.unsqueeze(0) if one_dim else input
+    rows = target.reshape(1) if one_dim else target
+    try:
+        loss, _, _, _ = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index, label_smoothing,
+                                                   check_finite, validate)
+    except IndexError as error:
+        raise _as_target_error(error, ignore_index) from None
+    except ValueError as error:
+        raise _as_nonfinite_error(error) from None
+    return loss.reshape(()) if one_dim and reduction == 0 else loss
+
+
+def _probability_loss(input, target, weight, reduction, label_smoothing, check_finite):
+    # torch computes in result_type(input, target[, weight]); promote (a no-op when they agree).
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    if weight is not None:
+        dtype = torch.promote_types(dtype, weight.dtype)
+    one_dim = input.dim() == 1
+    logits, probs = input.to(dtype), target.to(dtype)
+    if one_dim:
+        logits, probs = logits.unsqueeze(0), probs.unsqueeze(0)
+    weight = weight.to(dtype) if weight is not None else None
+    try:
+        loss, _, _ = _ops.ops.cross_entropy_prob_fwd(logits, probs, weight, reduction, label_smoothing, check_finite)
+    except ValueError as error:
+        raise _as_nonfinite_error(error) from None
+    return loss.reshape(()) if one_dim and reduction == 0 else loss
+
+
+def _torch_fallback(input, target, weight, reduction, ignore_index, label_smoothing, mode):
+    """A device with no kernel of ours (mps, xpu, ...): the same checks, then torch computes."""
+    if mode == "index":
+        status = diagnostics.target_status(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
+        try:
+            _ops.ops.raise_for_status(status.cpu(), list(target.shape), input.shape[0 if input.dim() == 1 else 1],
+                                      ignore_index, list(input.shape))
+        except IndexError as error:
+            raise _as_target_error(error, ignore_index) from None
+    return F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=_ops.REDUCTION_NAMES[reduction],
+                           label_smoothing=label_smoothing)
+
+
+# The kernel's messages (csrc/op_common.cpp) are the one place they are worded; the numbers the
+# exception carries as attributes are read back from them.
+_TARGET_FACTS = re.compile(
+    r"target\[(?P<index>[\d, ]*)\] = (?P<value>-?\d+) is not a class index in \[0, (?P<classes>\d+)\).*?"
+    r"(?P<count>\d+) of \d+ targets are invalid"
+)
+
+
+def _as_target_error(error, ignore_index):
+    message = str(error)
+    facts = _TARGET_FACTS.search(message)
+    if facts is None:
+        return error
+    index = tuple(int(i) for i in facts["index"].split(",") if i.strip())
+    return TargetOutOfRangeError(message, position=index, value=int(facts["value"]),
+                                 num_classes=int(facts["classes"]), count=int(facts["count"]),
+                                 ignore_index=ignore_index)
+
+
+_NONFINITE_FACTS = re.compile(r"Non-finite logits: input\[(?P<index>[\d, ]*)\] \(row (?P<row>\d+)\), class (?P<cls>\d+)")
+
+
+def _as_nonfinite_error(error):
+    message = str(error)
+    facts = _NONFINITE_FACTS.search(message)
+    if facts is None:
+        return error
+    return NonFiniteLogitsError(message, row=int(facts["row"]), column=int(facts["cls"]))
