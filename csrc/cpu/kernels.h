@@ -30,9 +30,13 @@ using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, fl
 constexpr int64_t kChunkElems = 2048;  // 8 KiB of float: stays in L1 while it is worked on
 
 // Rows per reduction block: a function of C only, so a sum never depends on the thread count.
+// A multiple of 64 rows, so lane groups of small-class kernels never straddle two blocks.
 inline int64_t rows_per_block(int64_t num_classes) {
-  return std::max<int64_t>(1, 32768 / std::max<int64_t>(num_classes, 1));
+  const int64_t rows = std::max<int64_t>(1, 32768 / std::max<int64_t>(num_classes, 1));
+  return (rows + 63) / 64 * 64;
 }
+
+
 
 // ---------------------------------------------------------------------------------------------
 // Moving one chunk of a row between memory and accumulate precision.
@@ -219,6 +223,49 @@ void chunk_target_grad(acc_t* out, const acc_t* x, const acc_t* w, int64_t n, ac
 }
 
 // ---------------------------------------------------------------------------------------------
+// Small class counts: one row per SIMD lane.
+
+// Up to this many classes a row is too short to fill vectors along the classes: the small-class
+// kernels put one row in each SIMD lane instead (and read strided class dimensions that way too).
+constexpr int64_t kLaneRowsMaxClasses = 64;
+
+inline bool use_lane_rows(const RowGeometry& g) {
+  return g.num_classes > 0 && g.num_classes <= kLaneRowsMaxClasses;
+}
+
+// Gathers the rows at `offsets` (one per lane) into buf[c * L + lane], widened to acc_t.
+template <typename scalar_t, typename acc_t>
+void gather_lane_rows(const scalar_t* x, const int64_t* offsets, int64_t num_classes, int64_t class_stride,
+                      acc_t* buf) {
+  constexpr int L = Vectorized<acc_t>::size();
+  for (int l = 0; l < L; ++l) {
+    const scalar_t* row = x + offsets[l];
+    for (int64_t c = 0; c < num_classes; ++c) buf[c * L + l] = static_cast<acc_t>(row[c * class_stride]);
+  }
+}
+
+// Offsets of rows first..first+L-1 (the last real row repeated to fill a short group).
+template <typename acc_t>
+int lane_offsets(const RowGeometry& g, int64_t first, int64_t end, int64_t* offsets) {
+  constexpr int L = Vectorized<acc_t>::size();
+  const int n = static_cast<int>(std::min<int64_t>(L, end - first));
+  for (int l = 0; l < L; ++l) offsets[l] = row_offset(g, first + std::min(l, n - 1));
+  return n;
+}
+
+// Per-lane lse of the L rows in buf: max, then sum of exp over the classes.
+template <typename acc_t>
+Vectorized<acc_t> lane_lse(const acc_t* buf, int64_t num_classes) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int L = Vec::size();
+  Vec m = Vec::loadu(buf);
+  for (int64_t c = 1; c < num_classes; ++c) m = at::vec::maximum(m, Vec::loadu(buf + c * L));
+  Vec s(acc_t(0));
+  for (int64_t c = 0; c < num_classes; ++c) s = s + vexp(Vec::loadu(buf + c * L) - m);
+  return m + s.log();
+}
+
+// ---------------------------------------------------------------------------------------------
 // One row's forward scan: its lse, its shifted sums, and (check_finite) its first bad class.
 
 template <typename acc_t>
@@ -289,18 +336,14 @@ inline ForwardTotals merge_totals(const std::vector<ForwardTotals>& parts) {
   return total;
 }
 
-// Runs body(row, totals) for every row, in fixed blocks of rows, and merges the blocks' totals.
+// Runs body(r0, r1, totals) over fixed blocks of rows in parallel and merges the blocks' totals.
 template <typename Body>
 ForwardTotals for_each_row_block(int64_t num_rows, int64_t num_classes, const Body& body) {
   const int64_t block = rows_per_block(num_classes);
   const int64_t num_blocks = (num_rows + block - 1) / block;
   std::vector<ForwardTotals> parts(num_blocks);
   at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      ForwardTotals part;
-      for (int64_t r = b * block; r < std::min(num_rows, (b + 1) * block); ++r) body(r, part);
-      parts[b] = part;
-    }
+    for (int64_t b = b0; b < b1; ++b) body(b * block, std::min(num_rows, (b + 1) * block), parts[b]);
   });
   return merge_totals(parts);
 }
@@ -321,34 +364,136 @@ template <typename scalar_t>
 ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, const LossOptions& o,
                                   const ForwardOutputs& out) {
   using acc_t = acc_type<scalar_t>;
+  using Vec = Vectorized<acc_t>;
+  constexpr int L = Vec::size();
   const RowGeometry& g = xv.geo;
+  const int64_t C = g.num_classes;
   const auto* x = static_cast<const scalar_t*>(xv.data);
   const auto* w = static_cast<const acc_t*>(o.weight);
-  const LossConstants<acc_t> k = loss_constants<acc_t>(o, g.num_classes);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(o, C);
   auto* loss_rows = static_cast<scalar_t*>(out.loss_rows);
   auto* lse_out = static_cast<acc_t*>(out.lse);
-  return for_each_row_block(g.num_rows, g.num_classes, [&](int64_t r, ForwardTotals& part) {
-    alignas(64) acc_t xbuf[kChunkElems];
+
+  // Records one row's result. `target_logit(y)` is only called for a valid target: an invalid
+  // one is never used as an address.
+  auto finish_row = [&](int64_t r, ForwardTotals& part, auto&& scan_valid_row) {
     const int64_t y = read_target(t, r);
-    const TargetKind kind = classify_target(y, g.num_classes, t.ignore_index);
+    const TargetKind kind = classify_target(y, C, t.ignore_index);
     acc_t loss = 0, lse = 0;
     if (kind == kTargetInvalid) {
-      // Never used as an address: the row is poisoned and the status says where.
       part.invalid = invalid_merge(part.invalid, InvalidTarget{r, y, 1});
       loss = lse = NAN;
     } else if (kind == kTargetValid) {
-      const scalar_t* row = x + row_offset(g, r);
-      const RowScan<acc_t> scan = scan_row<scalar_t, acc_t>(row, g.class_stride, nullptr, 0, g.num_classes, w,
-                                                            has_smoothing(k), out.check_finite, xbuf, nullptr);
-      note_nonfinite(part, r, scan.nonfinite_class);
-      lse = lse_value(scan.lse);
       const acc_t w_y = w ? w[y] : acc_t(1);
-      loss = index_row_loss(k, lse, scan.ref, static_cast<acc_t>(row[y * g.class_stride]), w_y, scan.sums);
+      acc_t ref, x_y;
+      RowSums<acc_t> sums;
+      scan_valid_row(y, lse, ref, x_y, sums, part);
+      loss = index_row_loss(k, lse, ref, x_y, w_y, sums);
       part.total_weight += w_y;
     }
     part.loss_sum += loss;
     lse_out[r] = lse;
     if (loss_rows) loss_rows[r] = static_cast<scalar_t>(loss);
+  };
+
+  return for_each_row_block(g.num_rows, C, [&](int64_t r0, int64_t r1, ForwardTotals& part) {
+    if (!use_lane_rows(g)) {
+      alignas(64) acc_t xbuf[kChunkElems];
+      for (int64_t r = r0; r < r1; ++r) {
+        finish_row(r, part, [&](int64_t y, acc_t& lse, acc_t& ref, acc_t& x_y, RowSums<acc_t>& sums, ForwardTotals& p) {
+          const scalar_t* row = x + row_offset(g, r);
+          const RowScan<acc_t> scan =
+              scan_row<scalar_t, acc_t>(row, g.class_stride, nullptr, 0, C, w, has_smoothing(k), out.check_finite, xbuf, nullptr);
+          note_nonfinite(p, r, scan.nonfinite_class);
+          lse = lse_value(scan.lse);
+          ref = scan.ref;
+          x_y = static_cast<acc_t>(row[y * g.class_stride]);
+          sums = scan.sums;
+        });
+      }
+      return;
+    }
+    alignas(64) acc_t buf[kLaneRowsMaxClasses * L];
+    for (int64_t first = r0; first < r1; first += L) {
+      int64_t offsets[L];
+      const int n = lane_offsets<acc_t>(g, first, r1, offsets);
+      gather_lane_rows(x, offsets, C, g.class_stride, buf);
+      alignas(64) acc_t lse[L], ref[L], swd[L];
+      lane_lse(buf, C).store(lse);
+      for (int l = 0; l < L; ++l) ref[l] = row_reference(buf[l]);
+      if (has_smoothing(k)) {
+        const Vec vref = Vec::loadu(ref);
+        Vec acc(acc_t(0));
+        for (int64_t c = 0; c < C; ++c) acc = acc + Vec(w ? w[c] : acc_t(1)) * (Vec::loadu(buf + c * L) - vref);
+        acc.store(swd);
+      }
+      for (int l = 0; l < n; ++l) {
+        finish_row(first + l, part, [&](int64_t y, acc_t& lse_r, acc_t& ref_r, acc_t& x_y, RowSums<acc_t>& sums, ForwardTotals& p) {
+          if (out.check_finite) {
+            int64_t bad = -1;
+            for (int64_t c = 0; c < C && bad < 0; ++c) bad = (buf[c * L + l] - buf[c * L + l] == 0) ? -1 : c;
+            note_nonfinite(p, first + l, bad);
+          }
+          lse_r = lse[l];
+          ref_r = ref[l];
+          x_y = buf[y * L + l];
+          sums = RowSums<acc_t>{has_smoothing(k) ? swd[l] : acc_t(0), 0, 0};
+        });
+      }
+    }
+  });
+}
+
+// Small-class backward: one row per SIMD lane (see use_lane_rows).
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void index_backward_lanes(const LogitsView& xv, const IndexTargets& t, const LossConstants<acc_t>& k, const acc_t* w,
+                          const acc_t* lse, const acc_t* per_row, double scalar_scale, const GradOutput& gout) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int L = Vec::size();
+  const RowGeometry& g = xv.geo;
+  const int64_t C = g.num_classes;
+  const auto* x = static_cast<const scalar_t*>(xv.data);
+  auto* grad = static_cast<scalar_t*>(gout.data);
+  at::parallel_for(0, (g.num_rows + L - 1) / L, std::max<int64_t>(1, 2048 / C), [&](int64_t b0, int64_t b1) {
+    alignas(64) acc_t buf[kLaneRowsMaxClasses * L];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t first = b * L;
+      int64_t offsets[L];
+      const int n = lane_offsets<acc_t>(g, first, g.num_rows, offsets);
+      gather_lane_rows(x, offsets, C, g.class_stride, buf);
+      alignas(64) acc_t scale[L], mass[L], lse_l[L], ks[L], ke[L];
+      int64_t y[L];
+      bool valid[L];
+      for (int l = 0; l < L; ++l) {
+        const int64_t r = first + std::min(l, n - 1);
+        y[l] = read_target(t, r);
+        valid[l] = l < n && classify_target(y[l], C, t.ignore_index) == kTargetValid;
+        scale[l] = valid[l] ? (per_row ? per_row[r] : static_cast<acc_t>(scalar_scale)) : acc_t(0);
+        mass[l] = valid[l] ? index_row_mass(k, w ? w[y[l]] : acc_t(1)) : acc_t(0);
+        lse_l[l] = valid[l] ? lse[r] : acc_t(0);
+        ks[l] = scale[l] * mass[l];
+        ke[l] = scale[l] * smoothing_per_class(k);
+      }
+      const Vec vks = Vec::loadu(ks), vke = Vec::loadu(ke), vlse = Vec::loadu(lse_l);
+      for (int64_t c = 0; c < C; ++c) {
+        const Vec xc = Vec::loadu(buf + c * L);
+        (vks * vexp(xc - vlse) - vke * Vec(w ? w[c] : acc_t(1))).store(buf + c * L);
+      }
+      for (int l = 0; l < n; ++l) {
+        scalar_t* grow = grad + row_offset(gout.geo, first + l);
+        const int64_t gstride = gout.geo.class_stride;
+        if (!valid[l]) {
+          zero_row(grow, gstride, C);
+          continue;
+        }
+        for (int64_t c = 0; c < C; ++c) grow[c * gstride] = static_cast<scalar_t>(buf[c * L + l]);
+        // The target element, recomputed whole in acc_t from the logit itself.
+        const acc_t w_y = w ? w[y[l]] : acc_t(1);
+        const acc_t x_y = static_cast<acc_t>(x[offsets[l] + y[l] * g.class_stride]);
+        grow[y[l] * gstride] = static_cast<scalar_t>(
+            grad_element(scale[l], mass[l], x_y, lse_l[l], index_target_mass(k, w_y, true, w_y)));
+      }
+    }
   });
 }
 
@@ -365,6 +510,10 @@ void index_backward_typed(const LogitsView& xv, const IndexTargets& t, const Los
   auto* grad = static_cast<scalar_t*>(gout.data);
   const LossConstants<acc_t> k = loss_constants<acc_t>(o, C);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
+  if (use_lane_rows(g)) {
+    index_backward_lanes<scalar_t>(xv, t, k, w, lse, per_row, gs.scalar, gout);
+    return;
+  }
   at::parallel_for(0, g.num_rows, grain, [&](int64_t r0, int64_t r1) {
     alignas(64) acc_t xbuf[kChunkElems];
     alignas(64) acc_t gbuf[kChunkElems];
@@ -409,9 +558,10 @@ ForwardTotals prob_forward_typed(const LogitsView& xv, const LogitsView& qv, con
   const LossConstants<acc_t> k = loss_constants<acc_t>(o, g.num_classes);
   auto* loss_rows = static_cast<scalar_t*>(out.loss_rows);
   auto* lse_out = static_cast<acc_t*>(out.lse);
-  return for_each_row_block(g.num_rows, g.num_classes, [&](int64_t r, ForwardTotals& part) {
-    alignas(64) acc_t xbuf[kChunkElems];
-    alignas(64) acc_t qbuf[kChunkElems];
+  return for_each_row_block(g.num_rows, g.num_classes, [&](int64_t r0, int64_t r1, ForwardTotals& part) {
+   alignas(64) acc_t xbuf[kChunkElems];
+   alignas(64) acc_t qbuf[kChunkElems];
+   for (int64_t r = r0; r < r1; ++r) {
     const RowScan<acc_t> scan =
         scan_row<scalar_t, acc_t>(x + row_offset(g, r), g.class_stride, q + row_offset(qv.geo, r), qv.geo.class_stride,
                                   g.num_classes, w, has_smoothing(k), out.check_finite, xbuf, qbuf);
@@ -422,6 +572,7 @@ ForwardTotals prob_forward_typed(const LogitsView& xv, const LogitsView& qv, con
     part.loss_sum += loss;
     lse_out[r] = lse;
     if (loss_rows) loss_rows[r] = static_cast<scalar_t>(loss);
+   }
   });
 }
 
