@@ -33,5 +33,17 @@ bench-full: build
 cuda-check:
 	bash scripts/cuda_check.sh
 
+# The C++ kernels built with AddressSanitizer, in a copy of the tree so the normal build is
+# untouched, and the CPU test suite run under it.
+ASAN_TREE := build/asan-tree
+asan: $(DEPS)
+	rm -rf $(ASAN_TREE) && mkdir -p $(ASAN_TREE)
+	cp -r setup.py pyproject.toml csrc validated_loss tests $(ASAN_TREE)/
+	rm -f $(ASAN_TREE)/validated_loss/_C*.so
+	cd $(ASAN_TREE) && FORCE_ONLY_CPU=1 VALIDATED_LOSS_SANITIZE=address $(CURDIR)/$(PY) setup.py -q build_ext --inplace
+	cd $(ASAN_TREE) && LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+		ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:abort_on_error=1 \
+		$(CURDIR)/$(PY) -m pytest tests -p no:cacheprovider -x -m "not slow" --ignore=tests/test_cuda_build.py
+
 clean:
 	rm -rf build validated_loss/_C*.so validated_loss/_build_info.py

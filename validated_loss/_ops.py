@@ -174,7 +174,16 @@ torch.library.register_autograd("validated_loss::cross_entropy_prob_bwd", _prob_
                                 setup_context=_prob_bwd_setup)
 
 
+def _devices_with_kernels():
+    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    return frozenset(device for device, key in keys.items()
+                     if torch._C._dispatch_has_kernel_for_dispatch_key("validated_loss::cross_entropy_fwd", key))
+
+
+# Computed once: torch.compile traces a constant set lookup, not a dispatcher query.
+KERNEL_DEVICES = _devices_with_kernels()
+
+
 def has_kernel(device_type):
     """Whether this build has kernels of its own for a device type ('cpu', 'cuda', ...)."""
-    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device_type)
-    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key("validated_loss::cross_entropy_fwd", key)
+    return device_type in KERNEL_DEVICES
