@@ -41,7 +41,8 @@ asan: $(DEPS)
 	cp -r setup.py pyproject.toml csrc validated_loss tests $(ASAN_TREE)/
 	rm -f $(ASAN_TREE)/validated_loss/_C*.so
 	cd $(ASAN_TREE) && FORCE_ONLY_CPU=1 VALIDATED_LOSS_SANITIZE=address $(CURDIR)/$(PY) setup.py -q build_ext --inplace
-	cd $(ASAN_TREE) && LD_PRELOAD=$$(gcc -print-file-name=libasan.so) \
+	# libstdc++ is preloaded too: python itself does not link it, and ASan must find __cxa_throw at start-up.
+	cd $(ASAN_TREE) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 		ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:abort_on_error=1 \
 		$(CURDIR)/$(PY) -m pytest tests -p no:cacheprovider -x -m "not slow" --ignore=tests/test_cuda_build.py
 

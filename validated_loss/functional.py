@@ -121,14 +121,27 @@ def _probability_loss(input, target, weight, reduction, label_smoothing, check_f
 def _torch_fallback(input, target, weight, reduction, ignore_index, label_smoothing, mode):
     """A device with no kernel of ours (mps, xpu, ...): the same checks, then torch computes."""
     if mode == "index":
-        status = diagnostics.target_status(target, input.shape[0 if input.dim() == 1 else 1], ignore_index)
+        num_classes = input.shape[0 if input.dim() == 1 else 1]
+        status = target_status(target, num_classes, ignore_index)
         try:
-            _ops.ops.raise_for_status(status.cpu(), list(target.shape), input.shape[0 if input.dim() == 1 else 1],
-                                      ignore_index, list(input.shape))
+            _ops.ops.raise_for_status(status.cpu(), list(target.shape), num_classes, ignore_index, list(input.shape))
         except IndexError as error:
             raise _as_target_error(error, ignore_index) from None
     return F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=_ops.REDUCTION_NAMES[reduction],
                            label_smoothing=label_smoothing)
+
+
+def target_status(target, num_classes, ignore_index):
+    """The status record (csrc/status.h) of a target tensor, computed with torch ops on its own
+    device: for devices where no kernel of ours fills it in the loss's own pass."""
+    flat = target.reshape(-1).long()
+    invalid = (flat != ignore_index) & ((flat < 0) | (flat >= num_classes))
+    count = invalid.sum()
+    first = invalid.int().argmax() if flat.numel() else count  # argmax gives the first True
+    value = flat[first] if flat.numel() else count
+    none = torch.full_like(count, -1)
+    return torch.stack([torch.where(count > 0, first, none), torch.where(count > 0, value, none), count,
+                        none, none, torch.zeros_like(count)])
 
 
 # The kernel's messages (csrc/op_common.cpp) are the one place they are worded; the numbers the
