@@ -6,8 +6,9 @@
 //               (C,) input into (1, C)).
 //   reduction   at::Reduction codes: 0 none, 1 mean, 2 sum.
 //   'none' loss has the target's shape (index) or the logits' shape without dim 1 (probs).
-//   lse         one float per row (float64 for float64 logits), flat in row-major (n, d1..dk)
-//               order; saved for the backward so it never recomputes the max and sum.
+//   lse         float[rows][2] = {max, log sum exp(x - max)} per row (float64 for float64 logits),
+//               rows in row-major (n, d1..dk) order; saved for the backward so it never
+//               recomputes them. Kept apart because max + log_sum loses log_sum when |max| is large.
 //   status      int64[6]: first invalid target (flat position, value), invalid count, first
 //               non-finite logit (row, class), non-finite count; -1 positions when none.
 //   validate    0 off, 1 sync, 2 deferred (CUDA; the CPU always raises at once).

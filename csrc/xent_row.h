@@ -12,6 +12,9 @@
 //   prob  loss  = sum_c w_c q'_c (lse - x_c)
 //   gradient    = k * (S * softmax_c - a_c), with a_c the weighted target mass of class c,
 //                 S = sum_c a_c and k the reduction's scale (grad_output, or / total weight).
+// A row keeps its lse as two numbers, max and log_sum = log sum_c exp(x_c - max): their sum would
+// absorb log_sum whenever |max| is large (20000 + 1.6 in float32 is 20001.6 +- 0.001), while
+// torch's log_softmax computes (x - max) - log_sum and loses nothing there.
 // Sums of the form sum_c w_c (x_c - r) are taken against a fixed per-row reference r (the row's
 // first finite logit) so that partial sums from any split of the row just add, and so that large
 // logits do not cancel catastrophically against lse.
@@ -76,9 +79,46 @@ XENT_HD LseState<acc_t> lse_add(LseState<acc_t> s, acc_t x) {
   return lse_combine(s, LseState<acc_t>{x, acc_t(1)});
 }
 
+// What a row keeps for its backward (see the header comment).
 template <typename acc_t>
-XENT_HD acc_t lse_value(LseState<acc_t> s) {
-  return s.max + std::log(s.sum);
+struct RowLse {
+  acc_t max;
+  acc_t log_sum;
+};
+
+template <typename acc_t>
+XENT_HD RowLse<acc_t> row_lse(LseState<acc_t> s) {
+  return {s.max, std::log(s.sum)};
+}
+
+// log softmax of logit x: (x - max) - log_sum.
+template <typename acc_t>
+XENT_HD acc_t log_prob(acc_t x, RowLse<acc_t> r) {
+  return (x - r.max) - r.log_sum;
+}
+
+// lse - v, without forming lse.
+template <typename acc_t>
+XENT_HD acc_t lse_minus(RowLse<acc_t> r, acc_t v) {
+  return (r.max - v) + r.log_sum;
+}
+
+// A row's RowLse in the ops' saved tensor: float[num_rows][2] = {max, log_sum}.
+template <typename acc_t>
+XENT_HD void store_row_lse(acc_t* saved, int64_t row, RowLse<acc_t> v) {
+  saved[2 * row] = v.max;
+  saved[2 * row + 1] = v.log_sum;
+}
+
+template <typename acc_t>
+XENT_HD RowLse<acc_t> load_row_lse(const acc_t* saved, int64_t row) {
+  return {saved[2 * row], saved[2 * row + 1]};
+}
+
+// The log-sum-exp itself (for callers that ask for it; never used inside the loss).
+template <typename acc_t>
+XENT_HD acc_t lse_value(RowLse<acc_t> r) {
+  return r.max + r.log_sum;
 }
 
 // Shifted sums a row needs besides its lse (each is a plain sum over classes, so partial sums from
@@ -137,23 +177,23 @@ XENT_HD acc_t target_share(const LossConstants<acc_t>& k) {
 // The smoothing term is only formed when eps > 0: an untouched -inf logit must not turn 0 * inf
 // into NaN when torch would not compute that term at all.
 template <typename acc_t>
-XENT_HD acc_t index_row_loss(const LossConstants<acc_t>& k, acc_t lse, acc_t ref, acc_t x_target,
+XENT_HD acc_t index_row_loss(const LossConstants<acc_t>& k, RowLse<acc_t> lse, acc_t ref, acc_t x_target,
                              acc_t w_target, RowSums<acc_t> sums) {
-  acc_t loss = target_share(k) * w_target * (lse - x_target);
-  if (has_smoothing(k)) loss += smoothing_per_class(k) * (k.sum_weight * (lse - ref) - sums.swd);
+  acc_t loss = target_share(k) * w_target * lse_minus(lse, x_target);
+  if (has_smoothing(k)) loss += smoothing_per_class(k) * (k.sum_weight * lse_minus(lse, ref) - sums.swd);
   return loss;
 }
 
 // Loss of a row with a probability target.
 template <typename acc_t>
-XENT_HD acc_t prob_row_loss(const LossConstants<acc_t>& k, acc_t lse, acc_t ref, RowSums<acc_t> sums) {
+XENT_HD acc_t prob_row_loss(const LossConstants<acc_t>& k, RowLse<acc_t> lse, acc_t ref, RowSums<acc_t> sums) {
   acc_t mass = target_share(k) * sums.swq;           // sum_c w_c q'_c
   acc_t shifted = target_share(k) * sums.swqd;       // sum_c w_c q'_c (x_c - r)
   if (has_smoothing(k)) {
     mass += smoothing_per_class(k) * k.sum_weight;
     shifted += smoothing_per_class(k) * sums.swd;
   }
-  return mass * (lse - ref) - shifted;
+  return mass * lse_minus(lse, ref) - shifted;
 }
 
 // Total target mass S = sum_c a_c of a class-index row (the softmax coefficient of its gradient).
@@ -168,11 +208,11 @@ XENT_HD acc_t prob_row_mass(const LossConstants<acc_t>& k, acc_t swq) {
   return target_share(k) * swq + smoothing_per_class(k) * k.sum_weight;
 }
 
-// Gradient of one logit: k * (S * exp(x - lse) - a_c). Ignored and invalid rows never get here:
+// Gradient of one logit: k * (S * softmax(x) - a_c). Ignored and invalid rows never get here:
 // their gradient is exactly zero.
 template <typename acc_t>
-XENT_HD acc_t grad_element(acc_t scale, acc_t mass, acc_t x, acc_t lse, acc_t target_mass) {
-  return scale * (mass * std::exp(x - lse) - target_mass);
+XENT_HD acc_t grad_element(acc_t scale, acc_t mass, acc_t x, RowLse<acc_t> lse, acc_t target_mass) {
+  return scale * (mass * std::exp(log_prob(x, lse)) - target_mass);
 }
 
 // a_c of a class-index row: the smoothing share of every class, plus (1 - eps) w_y on the target.
@@ -189,15 +229,25 @@ XENT_HD acc_t prob_target_mass(const LossConstants<acc_t>& k, acc_t w_c, acc_t q
 
 // d loss / d q_c of a probability row: -k (1 - eps) w_c log p_c.
 template <typename acc_t>
-XENT_HD acc_t prob_target_grad(const LossConstants<acc_t>& k, acc_t scale, acc_t w_c, acc_t x, acc_t lse) {
-  return -scale * target_share(k) * w_c * (x - lse);
+XENT_HD acc_t prob_target_grad(const LossConstants<acc_t>& k, acc_t scale, acc_t w_c, acc_t x, RowLse<acc_t> lse) {
+  return -scale * target_share(k) * w_c * log_prob(x, lse);
 }
 
 // Scale of a row's gradient for each reduction: grad_output (per row for 'none'), divided by
-// the total weight for 'mean'. A zero total weight gives inf here and NaN gradients, as torch.
+// the total weight for 'mean'. A zero total weight makes every counted row's gradient NaN, as in
+// torch (whose 0 * inf at the target poisons the whole row through the softmax backward).
 template <typename acc_t>
 XENT_HD acc_t reduction_scale(int64_t reduction, acc_t grad_output, acc_t total_weight) {
-  return reduction == kReductionMean ? grad_output / total_weight : grad_output;
+  if (reduction != kReductionMean) return grad_output;
+  return total_weight == acc_t(0) ? acc_t(NAN) : grad_output / total_weight;
+}
+
+// The 'mean' of a summed loss. torch divides the class-index loss and its smoothing term by the
+// total weight separately, so a zero total weight gives NaN (0/0 in the first term) even when the
+// smoothing sum alone would give inf.
+template <typename acc_t>
+XENT_HD acc_t mean_loss(acc_t loss_sum, acc_t divisor) {
+  return divisor == acc_t(0) ? acc_t(NAN) : loss_sum / divisor;
 }
 
 // First invalid target of a launch, kept by its flat position in the target tensor.

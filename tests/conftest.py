@@ -38,10 +38,23 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) & 0x7FFFFFFF)
 
 
+# Small cases run single-threaded: ATen would not split them anyway, and an idle second OpenMP
+# thread costs milliseconds per op on a busy machine. Large cases ask for `all_threads`.
+ALL_THREADS = torch.get_num_threads()
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def all_threads():
+    torch.set_num_threads(ALL_THREADS)
+    yield
+    torch.set_num_threads(1)
 
 
 def lowest_precision(*tensors):
@@ -57,7 +70,7 @@ def ulp(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.clamp(values.abs() * fi.eps, min=fi.smallest_normal * fi.eps)
 
 
-def assert_close_to_torch(ours, theirs, truth=None, *, precision, what="loss"):
+def assert_close_to_torch(ours, theirs, truth=None, *, precision, what="loss", scale=0.0):
     """ours/theirs: results of validated_loss and torch on the same inputs.
 
     precision: the least precise floating dtype that went into the computation.
@@ -66,6 +79,8 @@ def assert_close_to_torch(ours, theirs, truth=None, *, precision, what="loss"):
         it as torch is, elementwise: |ours - truth| <= max(1.5 |torch - truth|, 1 ulp + 1e-6 * scale),
         where truth rounds to a non-finite value ours must have that same value, and where it rounds
         to a finite value ours must be finite (whatever torch did).
+    scale: the natural magnitude of the values (the absolute tolerances are relative to the larger of
+      it and the largest |value|), so that results that cancel to ~0 are compared on a sensible scale.
     """
     assert isinstance(ours, torch.Tensor), f"{what}: expected a Tensor, got {type(ours)}"
     assert ours.dtype == theirs.dtype, f"{what}: dtype {ours.dtype} != torch's {theirs.dtype}"
@@ -73,7 +88,7 @@ def assert_close_to_torch(ours, theirs, truth=None, *, precision, what="loss"):
     assert ours.device == theirs.device, f"{what}: device {ours.device} != torch's {theirs.device}"
     if precision in DIRECT_TOL:
         tol = DIRECT_TOL[precision]
-        scale = _finite_absmax(theirs.double())
+        scale = max(scale, _finite_absmax(theirs.double()))
         torch.testing.assert_close(
             ours, theirs, rtol=tol["rtol"], atol=tol["atol"] * (scale if scale > 0 else 1.0),
             equal_nan=True, msg=lambda m: f"{what} differs from torch ({precision}):\n{m}")
@@ -95,7 +110,7 @@ def assert_close_to_torch(ours, theirs, truth=None, *, precision, what="loss"):
     assert not not_fin.any(), (
         f"{what}: ours is non-finite ({o[not_fin][:5].tolist()}) where the float64 truth is finite "
         f"({tr[not_fin][:5].tolist()}); torch gave {t[not_fin][:5].tolist()}")
-    scale = _finite_absmax(tr)
+    scale = max(scale, _finite_absmax(tr))
     floor = ulp(tr, ours.dtype) + ABS_FLOOR * scale
     err_t = (t - tr).abs()
     err_t = torch.where(torch.isfinite(err_t), err_t, 4 * floor)  # torch itself broke: ours must be good
@@ -145,6 +160,16 @@ def _call(fn, x, target, weight, kwargs, req, cast=None, grad_output=None):
     return loss, grads, caught, go
 
 
+def _resolved_reduction(kwargs):
+    from torch.nn import _reduction
+    r = kwargs.get("reduction", "mean")
+    if kwargs.get("size_average") is not None or kwargs.get("reduce") is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            r = _reduction.legacy_get_string(kwargs.get("size_average"), kwargs.get("reduce"))
+    return "mean" if r == "elementwise_mean" else r
+
+
 def make_grad_output(loss, seed=1234):
     """3.7 for a scalar loss, a seeded random tensor (in the loss dtype) otherwise."""
     if loss.dim() == 0:
@@ -185,10 +210,15 @@ def compare_cross_entropy(x, target, weight=None, *, ours=None, reference=None, 
                                            cast=torch.float64, grad_output=go)
     assert_close_to_torch(o_loss, t_loss, truth_loss, precision=precision, what="loss")
     if any(req):
+        # The gradients' natural size: |grad_output| * |weight| (/ rows for a mean); entries that
+        # cancel to ~0 (e.g. equal logits under smoothing) are compared on that scale.
+        scale = _finite_absmax(go.double()) * max(1.0, _finite_absmax(weight.double()) if weight is not None else 1.0)
+        if _resolved_reduction(kwargs) == "mean":
+            scale /= max(1, x.numel() // max(1, x.shape[1 if x.dim() > 1 else 0]))
         for i, name in enumerate(("input", "target", "weight")):
             if req[i]:
                 assert_close_to_torch(o_grads[i], t_grads[i], None if truth_grads is None else truth_grads[i],
-                                      precision=precision, what=f"grad wrt {name}")
+                                      precision=precision, what=f"grad wrt {name}", scale=scale)
     return o_loss, t_loss, o_warn, t_warn
 
 
@@ -234,13 +264,19 @@ def relayout(values: torch.Tensor, layout: str, seed: int = 0) -> torch.Tensor:
     if layout == "random":
         g = gen(seed)
         perm = torch.randperm(nd, generator=g).tolist()
-        steps = (torch.randint(1, 3, (nd,), generator=g)).tolist()
-        offs = (torch.randint(0, 2, (nd,), generator=g)).tolist()
-        phys = [v.shape[d] * steps[d] + offs[d] for d in perm]
-        big = torch.full(phys, _junk(v), dtype=v.dtype)
-        inv = sorted(range(nd), key=perm.__getitem__)
-        logical = big.permute(inv)
-        view = logical[tuple(slice(o, o + n * s, s) for o, n, s in zip(offs, v.shape, steps))]
-        view.copy_(v)
-        return view
+        steps = torch.randint(1, 3, (nd,), generator=g).tolist()
+        offsets = torch.randint(0, 2, (nd,), generator=g).tolist()
+        return place(v, perm, steps, offsets)
     return v.contiguous()
+
+
+def place(values, perm, steps, offsets):
+    """`values` copied into a slice of a bigger tensor whose dims are laid out in memory in the order
+    `perm` (outermost first), dim d taking every steps[d]-th element from offsets[d]."""
+    nd = values.dim()
+    phys = [values.shape[d] * steps[d] + offsets[d] for d in perm]
+    big = torch.full(phys, _junk(values), dtype=values.dtype)
+    logical = big.permute(sorted(range(nd), key=perm.__getitem__))
+    view = logical[tuple(slice(o, o + n * s, s) for o, n, s in zip(offsets, values.shape, steps))]
+    view.copy_(values)
+    return view

@@ -108,6 +108,8 @@ def _grid():
             continue  # torch takes uint8 targets for 1-D/2-D inputs only
         if tkind.startswith("prob") and family == "1d_t1":
             continue  # a (1,) target is class-index only
+        if family == "1d_t1" and ls > 0:
+            continue  # torch: "output with shape [] doesn't match the broadcast shape [1]"
         if tkind == "u8" and ls > 0 and weighted and reduction == "mean":
             continue  # torch raises there (gather() wants an int64 index for the weight)
         ignores = {"i64": ("none", "default", "inside"), "u8": ("none", "u8"),
@@ -148,19 +150,22 @@ def test_label_smoothing_as_tensor(ls, tkind):
 
 
 def _layout_grid():
+    """Every (logits layout, target layout, target kind, variant) a family has; the dtype and the
+    reduction cycle through all values with the case's hash."""
     cases = []
     for family in ("1d", "2d", "3d", "4d", "5d"):
         nd = len(FAMILIES[family][0])
-        for layout, tlayout, dt, tkind, reduction, variant in itertools.product(
-                LAYOUTS[nd], TARGET_LAYOUTS, DT, ("i64", "u8", "prob_soft"), REDUCTIONS, ("plain", "full")):
+        for layout, tlayout, tkind, variant in itertools.product(
+                LAYOUTS[nd], TARGET_LAYOUTS, ("i64", "u8", "prob_soft"), ("plain", "full")):
             if tkind == "u8" and nd > 2:
                 continue
             if family == "1d" and tlayout != "contig" and tkind != "prob_soft":
                 continue  # a 0-dim target has one layout
-            if tlayout in ("reversed", "random") and (tkind != "prob_soft" and nd <= 2):
-                continue  # same as "sliced"/"contig" for a 1-D target
-            if (dt in ("f64", "bf16")) and tlayout not in ("contig", "sliced"):
-                continue  # keep the grid small: every layout pair in f32 and f16
+            if tlayout in ("reversed", "random") and tkind != "prob_soft" and nd <= 2:
+                continue  # the same as "sliced"/"contig" for a 1-D target
+            h = seed_of(family, layout, tlayout, tkind, variant)
+            dt = list(DT)[h % 4]
+            reduction = REDUCTIONS[(h // 4) % 3]
             cases.append(pytest.param(family, layout, tlayout, dt, tkind, reduction, variant,
                                       id=f"{family}-{layout}-t_{tlayout}-{dt}-{tkind}-{reduction}-{variant}"))
     return cases
@@ -171,7 +176,8 @@ def test_layouts(family, layout, tlayout, dt, tkind, reduction, variant):
     """Non-contiguous logits (transposed, sliced, channels_last, expanded, permuted) and targets."""
     full = variant == "full"
     ignore = ("inside" if tkind == "i64" else "u8" if tkind == "u8" else "negative") if full else "none"
-    x, target, weight, kwargs = build_case(family, DT[dt], tkind, full, ignore, 0.1 if full else 0.0,
+    ls = 0.1 if full and tkind != "u8" else 0.0  # torch raises for uint8 + weight + smoothing + mean
+    x, target, weight, kwargs = build_case(family, DT[dt], tkind, full, ignore, ls,
                                            reduction, layout=layout, tlayout=tlayout)
     compare_cross_entropy(x, target, weight, **kwargs)
 
@@ -196,14 +202,15 @@ EMPTY_SHAPES = [((0, C), (0,)), ((0, C, 3), (0, 3)), ((2, C, 0), (2, 0)), ((2, C
 @pytest.mark.parametrize("shapes", EMPTY_SHAPES, ids=lambda s: "x".join(map(str, s[0])))
 @pytest.mark.parametrize("dt", list(DT))
 @pytest.mark.parametrize("tkind", ["i64", "u8", "prob_soft"])
-@pytest.mark.parametrize("weighted", [False, True])
-@pytest.mark.parametrize("ls", [0.0, 0.2])
+@pytest.mark.parametrize("weighted,ls", [(False, 0.0), (True, 0.2)])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_empty(shapes, dt, tkind, weighted, ls, reduction):
     """N=0 or a zero spatial size: 'mean' is NaN, 'sum' is 0, 'none' is empty; gradients are empty."""
     in_shape, t_shape = shapes
     if tkind == "u8" and len(in_shape) > 2:
         pytest.skip("uint8 targets are for 1-D/2-D inputs only")
+    if tkind == "u8" and weighted and reduction == "mean":
+        pytest.skip("torch raises for uint8 + weight + smoothing + mean")
     dtype = DT[dt]
     x = torch.randn(in_shape, dtype=dtype)
     if tkind == "prob_soft":
@@ -229,17 +236,22 @@ def test_empty(shapes, dt, tkind, weighted, ls, reduction):
 def test_all_targets_ignored(family, dt, weighted, ls, ignore_index):
     """torch: mean is NaN, sum is 0, 'none' is zeros, and the gradient is all zeros (not NaN)."""
     in_shape, t_shape = FAMILIES[family]
+    if family == "1d_t1" and ls > 0:
+        pytest.skip("torch raises for a (1,) target with label smoothing")
     dtype = DT[dt]
     x = make_logits(in_shape, dtype, seed_of(family, dt))
     target = torch.full(t_shape, ignore_index, dtype=torch.int64)
     weight = make_weight(C, dtype, 1) if weighted else None
+    grad = family != "1d_t1"  # torch cannot backward a (C,) input with a (1,) target
     for reduction in REDUCTIONS:
         o, _, _, _ = compare_cross_entropy(x, target, weight, reduction=reduction, ignore_index=ignore_index,
-                                           label_smoothing=ls)
+                                           label_smoothing=ls, grad=grad)
         if reduction == "mean":
             assert torch.isnan(o).item(), "all targets ignored under 'mean' must give NaN, as torch"
         else:
             assert (o == 0).all()
+    if not grad:
+        return
     xl = x.detach().requires_grad_()
     vl.cross_entropy(xl, target, weight, ignore_index=ignore_index, label_smoothing=ls).backward()
     assert xl.grad is not None and (xl.grad == 0).all(), "gradient of an all-ignored mean must be exactly 0"
@@ -323,6 +335,22 @@ def test_large_logits(dt, reduction):
     t = torch.tensor([2, 1, 0, 3, 4, 2])
     compare_cross_entropy(x, t, reduction=reduction)
     compare_cross_entropy(x, t, reduction=reduction, label_smoothing=0.1)
+
+
+@pytest.mark.parametrize("offset", [100.0, -300.0, 1000.0, 2e4], ids=repr)
+@pytest.mark.parametrize("dt", list(DT))
+@pytest.mark.parametrize("tkind", ["i64", "prob_soft"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_shifted_logits(offset, dt, tkind, reduction):
+    """Softmax is shift invariant and torch computes (x - max) - log(sum): logits far from zero
+    (unnormalised scores, low temperatures) lose no accuracy there, so ours must not either."""
+    dtype = DT[dt]
+    x = (torch.randn(8, C, generator=gen(5), dtype=torch.float64) * 3 + offset)
+    x[:, 0] += 6  # confident rows: small losses, where an absolute error shows most
+    x = x.to(dtype)
+    target = make_index_target((8,), C, 6) if tkind == "i64" else make_prob_target((8, C), dtype, 6)
+    compare_cross_entropy(x, target, reduction=reduction)
+    compare_cross_entropy(x, target, reduction=reduction, label_smoothing=0.1)
 
 
 @pytest.mark.parametrize("dt", list(DT))
@@ -478,11 +506,18 @@ def test_no_warning_on_plain_call():
 # --------------------------------------------------------------------------- signature
 
 
+def assert_signature_extends(ours, theirs):
+    """torch's parameters, in order, with the same kinds and defaults; anything extra is keyword-only
+    with a default (so every call written for torch means the same)."""
+    ours, theirs = list(inspect.signature(ours).parameters.values()), list(inspect.signature(theirs).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in ours[:len(theirs)]] == \
+        [(p.name, p.kind, p.default) for p in theirs]
+    for p in ours[len(theirs):]:
+        assert p.kind == p.KEYWORD_ONLY and p.default is not p.empty, f"extra parameter {p} breaks torch's calls"
+
+
 def test_functional_signature_matches_torch():
-    ours = inspect.signature(vl.cross_entropy)
-    theirs = inspect.signature(F.cross_entropy)
-    assert [(p.name, p.kind, p.default) for p in ours.parameters.values()] == \
-        [(p.name, p.kind, p.default) for p in theirs.parameters.values()]
+    assert_signature_extends(vl.cross_entropy, F.cross_entropy)
 
 
 def test_all_arguments_positionally():
@@ -531,6 +566,7 @@ def _truth(x, t, **kw):
     return loss.detach(), xd.grad
 
 
+@pytest.mark.usefixtures("all_threads")
 @pytest.mark.parametrize("case", ["2d", "4d", "ls", "ignore", "prob"])
 @pytest.mark.parametrize("dt", ["f16", "bf16"])
 def test_half_mean_over_many_elements(case, dt):
@@ -567,6 +603,7 @@ def test_half_mean_over_many_elements(case, dt):
     compare_cross_entropy(x, t, **kw)
 
 
+@pytest.mark.usefixtures("all_threads")
 def test_half_sum_overflow_is_inf_like_truth():
     """'sum' whose true value exceeds fp16's range is inf (the true value rounds to inf), gradient fine."""
     x = make_logits((70000, 5), torch.float16, 3)
@@ -578,6 +615,7 @@ def test_half_sum_overflow_is_inf_like_truth():
 # --------------------------------------------------------------------------- LLM-sized rows
 
 
+@pytest.mark.usefixtures("all_threads")
 @pytest.mark.parametrize("shape", [(3, 32000), (2, 128256), (100000, 10)], ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dt", list(DT))
 @pytest.mark.parametrize("variant", ["plain", "ls_ignore_w"])
@@ -601,6 +639,7 @@ def test_llm_sized(shape, dt, variant):
         compare_cross_entropy(x, t, w, **dict(kw, reduction="none"))
 
 
+@pytest.mark.usefixtures("all_threads")
 @pytest.mark.parametrize("dt", ["f32", "bf16"])
 def test_llm_sized_probability(dt):
     dtype = DT[dt]

@@ -35,7 +35,7 @@ def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, 
     acc = accumulate_dtype(logits.dtype)
     rows = rows_shape(logits)
     loss = logits.new_empty(rows) if reduction == 0 else logits.new_empty(())
-    lse = logits.new_empty((math.prod(rows),), dtype=acc)
+    lse = logits.new_empty((math.prod(rows), 2), dtype=acc)
     return loss, lse, logits.new_empty((), dtype=acc), logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
 
 
@@ -48,7 +48,7 @@ def _bwd_fake(grad_loss, logits, target, weight, lse, total_weight, reduction, i
 def _prob_fwd_fake(logits, target, weight, reduction, label_smoothing, check_finite=False):
     rows = rows_shape(logits)
     loss = logits.new_empty(rows) if reduction == 0 else logits.new_empty(())
-    lse = logits.new_empty((math.prod(rows),), dtype=accumulate_dtype(logits.dtype))
+    lse = logits.new_empty((math.prod(rows), 2), dtype=accumulate_dtype(logits.dtype))
     return loss, lse, logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
 
 
@@ -157,13 +157,14 @@ def _prob_bwd_backward(ctx, grad_grad_x, grad_grad_q):
     grad_loss, logits, target, weight = ctx.saved_tensors
     reduction, label_smoothing, target_grad = ctx.args
 
-    def build(g, x, q):
+    def build(g, x, q, *w):
         q.requires_grad_(target_grad)
-        return _torch_first_order(x, q, weight, reduction, -100, label_smoothing, g)
+        return _torch_first_order(x, q, w[0] if w else None, reduction, -100, label_smoothing, g)
 
     grads_out = [grad_grad_x] + ([grad_grad_q] if target_grad else [])
-    d_grad_loss, d_logits, d_target = _second_order([grad_loss, logits, target], grads_out, build)
-    return d_grad_loss, d_logits, d_target, None, None, None, None, None
+    leaves = [grad_loss, logits, target] + ([weight] if weight is not None else [])
+    d_grad_loss, d_logits, d_target, *d_weight = _second_order(leaves, grads_out, build)
+    return d_grad_loss, d_logits, d_target, (d_weight[0] if d_weight else None), None, None, None, None
 
 
 torch.library.register_autograd("validated_loss::cross_entropy_fwd", _fwd_backward, setup_context=_fwd_setup)

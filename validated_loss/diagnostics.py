@@ -22,24 +22,26 @@ torch's message still finds it), then lists the tensors involved, then a
 ``Likely cause:`` and a ``Fix:`` line when the shapes allow a guess.
 
 Out-of-range targets are found by the kernel (or by ``check_batch``). The
-message is one line, in this exact format, shared with the C++ kernel path::
+message is one line, in this exact format, the same as the C++ kernel's
+(``invalid_target_message`` in csrc/op_common.cpp)::
 
     Target {value} is out of bounds. target[{i}, {j}, ...] = {value} is not a
     class index in [0, {C}) and is not ignore_index ({ii}); {count} of {numel}
     targets are invalid. Likely cause: {cause}
 
-(``target[()]`` for a 0-dim target; ``{i}, {j}, ...`` is the row-major
-unravelling of the flat position of the first invalid target.) ``{cause}`` is
-the first rule that applies:
+``{i}, {j}, ...`` is the row-major unravelling of the flat position of the
+first invalid target (``target[]`` for a 0-dim target). ``{cause}`` is the
+first rule that applies:
 
-1. C == 0:         ``the input has no classes (its class dimension has size 0).``
-2. value < 0:      ``negative labels such as {value} are usually padding: pass ignore_index={value}.``
-3. C == 1:         ``a single output logit cannot be used with cross_entropy: use
-                   binary_cross_entropy_with_logits, or give the model 2 outputs.``
-4. value == C:     ``labels numbered 1..{C} instead of 0..{C-1} (use target - 1), or num_classes one too small.``
-5. value == 255:   ``255 marks 'void' pixels in many segmentation masks: pass ignore_index=255.``
-6. value < 255:    ``num_classes ({C}) is smaller than the label set, or the mask holds grey values 0..255 instead of class indices.``
-7. otherwise:      ``num_classes ({C}) is smaller than the label set.``
+1. value < 0:    negative labels used as padding or 'no label': pass
+                 ignore_index={value} (or map them to the ignore_index in force).
+2. value == C:   labels numbered 1..{C} instead of 0..{C-1} (subtract 1), or a
+                 model head with one class too few.
+3. value == 255: a segmentation mask whose 'void'/border pixels are 255 (pass
+                 ignore_index=255), or grey values 0..255 that were never
+                 mapped to class indices.
+4. otherwise:    a model head with fewer outputs ({C}) than the label set, or
+                 labels from another dataset or label map.
 """
 
 from __future__ import annotations
@@ -126,8 +128,9 @@ class InputDtypeError(ValidatedLossError, NotImplementedError):
     """Integer, bool, complex or float8 logits."""
 
 
-class InputShapeError(ValidatedLossError, IndexError):
-    """0-dim logits: there is no class dimension."""
+class InputShapeError(ValidatedLossError, IndexError, RuntimeError):
+    """Logits with no usable class dimension: 0-dim (torch: IndexError), or zero
+    classes with a K-dim target (torch: RuntimeError)."""
 
 
 class WeightShapeError(ValidatedLossError, RuntimeError):
@@ -163,9 +166,8 @@ class DeviceMismatchError(ValidatedLossError, RuntimeError):
 class TargetOutOfRangeError(ValidatedLossError, IndexError):
     """A class index outside [0, C) that is not ignore_index.
 
-    ``position`` is the flat row-major position of the first invalid target
-    (as the kernel reports it), ``value`` its value, ``count`` how many
-    targets are invalid.
+    ``position`` is the full index of the first invalid target, a tuple
+    (``target[position] == value``); ``count`` is how many targets are invalid.
     """
 
     def __init__(self, message, *, position=None, value=None, num_classes=None,
@@ -248,12 +250,15 @@ def _class_dim(input) -> int:
     return 0 if input.dim() == 1 else 1
 
 
-def _num_classes(input) -> int:
-    return int(input.shape[_class_dim(input)])
+def _num_classes(input):
+    # No int(): under torch.compile a symbolic size would be specialised to one value.
+    return input.shape[_class_dim(input)]
 
 
 def _index_shapes(input) -> List[Tuple[int, ...]]:
-    """The class-index target shapes torch accepts for this input."""
+    """The class-index target shapes torch accepts for this input (none for 0-dim)."""
+    if input.dim() == 0:
+        return []
     if input.dim() == 1:
         return [(), (1,)]
     return [(int(input.shape[0]),) + tuple(int(s) for s in input.shape[2:])]
@@ -312,7 +317,8 @@ def _check_probability_mode(input, target, weight, ignore_index, smoothing):
     _check_ignore_index_for_probabilities(input, target, ignore_index)
     _check_input_rank(input, probability_mode=True)
     _check_weight_shape_for_probabilities(input, weight)
-    _check_input_dtype(input, target)
+    if input.numel() > 0:  # log_softmax skips empty tensors, whatever their dtype
+        _check_input_dtype(input, target, _log_softmax_kernel(input))
     _check_smoothing_range(smoothing)
     _check_low_precision_target_scaling(input, target, smoothing)
     _check_devices(input, target, weight)
@@ -324,7 +330,8 @@ def _check_index_mode(input, target, weight, smoothing):
     # nll_loss / nll_loss2d (autograd check, device check, meta checks) -> kernel.
     _check_smoothing_range(smoothing)
     _check_input_rank(input, probability_mode=False)
-    _check_input_dtype(input, target)
+    if input.numel() > 0:
+        _check_input_dtype(input, target, _log_softmax_kernel(input))
     _check_batch_size(input, target)
     if input.dim() == 3 or input.dim() >= 5:
         _check_kd_target_size(input, target)
@@ -342,10 +349,14 @@ def _check_index_mode(input, target, weight, smoothing):
         _check_weight_numel_kd(input, weight)
         if input.dim() == 4:
             _check_spatial_sizes_4d(input, target)
+        else:
+            _check_reshaped_sizes_kd(input, target)
+    if input.numel() == 0:  # log_softmax let it through; the NLL kernel's dispatch does not
+        _check_input_dtype(input, target, _nll_kernel(input))
     _check_weight_dtype(input, target, weight)
     _check_byte_target_rank(input, target)
-    if smoothing > 0.0 and input.dim() >= 3:
-        _check_smoothing_weight_rank(input, weight)
+    if smoothing > 0.0:
+        _check_smoothing_terms(input, target, weight)
 
 
 # ---- checks shared by both modes ---------------------------------------------
@@ -382,10 +393,19 @@ def _check_input_rank(input, probability_mode: bool):
         "pass logits of shape (C,) for one sample or (N, C) for a batch."))
 
 
-def _check_input_dtype(input, target):
+def _log_softmax_kernel(input) -> str:
+    # The class dim is the last one for 1-D and 2-D inputs only.
+    return "log_softmax_lastdim_kernel_impl" if input.dim() <= 2 else "log_softmax_kernel_impl"
+
+
+def _nll_kernel(input) -> str:
+    return "nll_loss_out_frame" if input.dim() <= 2 else "nll_loss2d_forward_out_frame"
+
+
+def _check_input_dtype(input, target, kernel):
+    """The dtype dispatch of `kernel` (log_softmax's, or the NLL kernel's for empty inputs)."""
     if input.dtype in _LOGIT_DTYPES:
         return
-    kernel = "log_softmax_lastdim_kernel_impl" if input.dim() <= 2 else "log_softmax_kernel_impl"
     torch_text = f'"{kernel}" not implemented for \'{_cpp_name(input.dtype)}\''
     if target.is_floating_point() and not input.is_floating_point():
         cause = ("input and target look swapped: the input holds integers and the "
@@ -460,15 +480,16 @@ def _check_ignore_index_for_probabilities(input, target, ignore_index):
     if ignore_index < 0:
         return
     torch_text = "ignore_index is not supported for floating point target"
-    index_shape = " or ".join(_shape(s) for s in _index_shapes(input))
     lines = _both(input, target) + [
         f"  ignore_index={ignore_index}; the target has the same shape as the input, "
         "so it is read as class probabilities, where ignore_index must be negative"]
+    fix = ("to skip positions with probability targets, use reduction='none' and mask the "
+           "loss")
+    if input.dim() > 0:
+        index_shape = " or ".join(_shape(s) for s in _index_shapes(input))
+        fix += f"; for class indices pass an int64 target of shape {index_shape}"
     raise IgnoreIndexError(_message(
-        torch_text, lines,
-        "ignore_index only applies to class-index targets.",
-        f"to skip positions with probability targets, use reduction='none' and mask "
-        f"the loss; for class indices pass an int64 target of shape {index_shape}."))
+        torch_text, lines, "ignore_index only applies to class-index targets.", fix + "."))
 
 
 def _check_weight_shape_for_probabilities(input, weight):
@@ -489,12 +510,22 @@ def _check_low_precision_target_scaling(input, target, smoothing):
         torch_text = f'"mul_cpu_reduced_float" not implemented for \'{_cpp_name(target.dtype)}\''
         raise LowPrecisionTargetError(_message(
             torch_text, _both(input, target),
-            f"{target.dtype} probability targets cannot be computed with.",
+            f"torch has no arithmetic kernels for {target.dtype} probability targets.",
             "target.to(input.dtype)"))
 
 
 def _check_probability_promotion(input, target, weight):
-    # input * target * weight: float8 types do not promote with anything.
+    # input * target * weight: float8 types do not promote with anything. Float8 logits
+    # only get here when empty (log_softmax skipped them).
+    if _is_low_precision_float(input.dtype):
+        if _is_low_precision_float(target.dtype):  # same dtype: no promotion, no kernel
+            torch_text = f'"neg_cpu" not implemented for \'{_cpp_name(input.dtype)}\''
+        else:
+            torch_text = (f"Promotion for Float8 Types is not supported, attempted to promote "
+                          f"{_cpp_name(input.dtype)} and {_cpp_name(target.dtype)}")
+        raise InputDtypeError(_message(
+            torch_text, _both(input, target), f"{input.dtype} logits are not supported.",
+            "upcast first: input.float() (or input.bfloat16())."))
     if _is_low_precision_float(target.dtype):
         torch_text = (f"Promotion for Float8 Types is not supported, attempted to promote "
                       f"{_cpp_name(input.dtype)} and {_cpp_name(target.dtype)}")
@@ -515,13 +546,13 @@ def _check_probability_promotion(input, target, weight):
 # ---- class-index mode: shape ------------------------------------------------
 
 
-def _target_batch_size(target) -> int:
+def _target_batch_size(target):
     # torch reads sizes()[0] even of a 0-dim target and, in practice, gets 0.
-    return int(target.shape[0]) if target.dim() > 0 else 0
+    return target.shape[0] if target.dim() > 0 else 0
 
 
 def _check_batch_size(input, target):
-    if input.dim() == 1 or int(input.shape[0]) == _target_batch_size(target):
+    if input.dim() == 1 or input.shape[0] == _target_batch_size(target):
         return
     torch_text = (f"Expected input batch_size ({int(input.shape[0])}) to match target "
                   f"batch_size ({_target_batch_size(target)}).")
@@ -548,7 +579,7 @@ def _check_target_rank_2d(input, target):
 
 
 def _check_target_size_2d(input, target):
-    if input.dim() == 1 and target.dim() == 1 and int(target.shape[0]) != 1:
+    if input.dim() == 1 and target.dim() == 1 and target.shape[0] != 1:
         _raise_one_dim_target_size(input, target)
     if input.dim() == 2 and target.dim() == 0:
         # Reachable with N == 0 only: torch then calls target.size(0).
@@ -571,6 +602,20 @@ def _check_spatial_sizes_4d(input, target):
     torch_text = (f"size mismatch (got input: {_torch_list(input.shape)} , target: "
                   f"{_torch_list(target.shape)}")
     _raise_target_shape(torch_text, input, target)
+
+
+def _check_reshaped_sizes_kd(input, target):
+    # torch views 3-D and >=5-D inputs as (N, C, 1, -1), or (N, C, 0, 0) when empty, and
+    # targets as (N, 1, -1) or (N, 0, 0): with zero classes the two disagree.
+    if input.numel() > 0 or target.numel() == 0:
+        return
+    n = int(input.shape[0])
+    torch_text = (f"size mismatch (got input: {_torch_list((n, _num_classes(input), 0, 0))} , "
+                  f"target: {_torch_list((n, 1, int(target.numel()) // n))}")
+    raise InputShapeError(_message(
+        torch_text, _both(input, target),
+        "the input has no classes: its class dimension (dim 1) has size 0.",
+        "check the model's output layer (num_classes)."))
 
 
 def _raise_one_dim_target_size(input, target):
@@ -671,7 +716,8 @@ def _weight_shape_hint(input, weight):
         return (f"the weight has the right {classes} entries but shape "
                 f"{_shape(weight.shape)}; it must be 1-D.", "weight.flatten()")
     head = f"the weight has {size} entries but the input has {classes} classes (dim {_class_dim(input)})"
-    other_dims = [d for d in range(input.dim()) if d != _class_dim(input) and int(input.shape[d]) == size]
+    # The batch size equalling the weight length is usually a coincidence: look at dims >= 2.
+    other_dims = [d for d in range(2, input.dim()) if int(input.shape[d]) == size]
     if other_dims:
         return (f"{head}; {size} is the size of input dim {other_dims[0]}, so the class "
                 "dimension may be in the wrong place (it must be dim 1).", None)
@@ -689,8 +735,8 @@ def _check_weight_dtype(input, target, weight):
     torch_text = (f"expected scalar type {_cpp_name(input.dtype)} but found "
                   f"{_cpp_name(weight.dtype)}")
     if weight.dtype == torch.float64:
-        cause = ("float64 weights usually come from numpy (torch.tensor(np_array)); "
-                 "the logits are " + str(input.dtype) + ".")
+        cause = (f"float64 weights usually come from numpy (torch.tensor(np_array)); the "
+                 f"logits are {input.dtype}.")
     elif not weight.is_floating_point():
         cause = "class weights must be floating point, with the logits' dtype."
     else:
@@ -701,24 +747,39 @@ def _check_weight_dtype(input, target, weight):
         cause, "weight.to(input.dtype)"))
 
 
-def _check_smoothing_weight_rank(input, weight):
-    # The smoothing term views the weight as (1, C, 1, ...) from weight.size(0).
-    if weight is None or weight.dim() == 1:
-        return
+def _check_smoothing_terms(input, target, weight):
+    """What torch's smoothing term rejects after nll_loss accepted the arguments.
+
+    Not reproduced: for reduction='mean' torch's weight.gather(0, target) fails
+    for a uint8 target and for a (C, 1) weight, but only when some target is
+    not ignored; that depends on values and on the reduction, so we compute
+    the loss instead.
+    """
+    if input.dim() >= 3 and weight is not None and weight.dim() != 1:
+        _check_smoothing_weight_view(input, weight)
+    if input.dim() == 1 and target.dim() == 1:
+        # The 0-dim smoothing term is masked in place with the (1,) ignore mask.
+        raise TargetShapeError(_message(
+            "output with shape [] doesn't match the broadcast shape [1]", _both(input, target),
+            "torch's label-smoothing path cannot take a (1,) target for a 1-D input.",
+            "pass a 0-dim target: target.view(())"))
+
+
+def _check_smoothing_weight_view(input, weight):
+    # The smoothing term views the weight as (1, C, 1, ...) from weight.size(0); the
+    # K-dim nll_loss only checked its numel.
     lines = [_describe("input", input), _describe("weight", weight)]
     cause = "with label_smoothing > 0 the class weight must be 1-D."
     if weight.dim() == 0:
         raise ScalarWeightError(_message(
             "Dimension specified as 0 but tensor has no dimensions", lines, cause,
             "weight.reshape(1)"))
-    if int(weight.shape[0]) == _num_classes(input):
-        torch_text = "Index tensor must have the same number of dimensions as input tensor"
-    else:
+    if weight.shape[0] != _num_classes(input):
         view = [1] * input.dim()
         view[1] = int(weight.shape[0])
         torch_text = (f"shape '{_torch_list(view)}' is invalid for input of size "
                       f"{int(weight.numel())}")
-    raise WeightShapeError(_message(torch_text, lines, cause, "weight.flatten()"))
+        raise WeightShapeError(_message(torch_text, lines, cause, "weight.flatten()"))
 
 
 # =============================================================================
@@ -764,7 +825,8 @@ def _diagnose_target_shape(input, target, at_batch_check) -> _Diagnosis:
             return diagnosis
     if at_batch_check:
         return _hint_batch_sizes(input, target)
-    return _Diagnosis("layout", "the target shape matches neither layout above.")
+    return _Diagnosis("layout", "the target shape fits neither the class-index nor the "
+                                "probability layout (see 'expected').")
 
 
 def _numel(shape) -> int:
@@ -780,29 +842,42 @@ def _hint_scalar_target(input, target):
         return None
     n = int(input.shape[0])
     wanted = _shape(_index_shapes(input)[0])
-    fix = "target.view(1)" if input.dim() == 2 and n == 1 else f"pass one class index per position, shape {wanted}."
+    if input.dim() == 2 and n == 1:
+        fix = "target.view(1)"
+    else:
+        fix = f"pass one class index per position, shape {wanted}."
     return _Diagnosis("scalar", f"the target is a single number (0-dim) but the input "
                                 f"holds a batch of {n}.", fix)
 
 
 def _hint_squeeze(input, target):
-    # A size-1 dim too many: (N, 1) labels, (N, 1, H, W) masks.
+    # A size-1 dim too many: (N, 1) labels, (N, 1, H, W) masks, (N, C, 1) probabilities.
     wanted = _index_shapes(input)
     for dim in reversed(range(target.dim())):
-        if int(target.shape[dim]) == 1 and _without(target.shape, dim) in wanted:
-            if input.dim() == 4 and dim == 1:
-                cause = "masks loaded as single-channel images keep a channel dimension (N, 1, H, W)."
-            elif target.dim() == 2 and dim == 1:
-                cause = "labels stored as a column (N, 1), e.g. from a DataFrame column or a (N, 1) array."
-            else:
-                cause = f"the target has an extra dimension of size 1 at dim {dim}."
-            return _Diagnosis("layout", cause, f"target.squeeze({dim})")
+        if int(target.shape[dim]) != 1:
+            continue
+        squeezed = _without(target.shape, dim)
+        if squeezed in wanted:
+            return _Diagnosis("layout", _extra_dim_cause(input, target, dim), f"target.squeeze({dim})")
+        if squeezed == tuple(int(s) for s in input.shape) and target.is_floating_point():
+            return _Diagnosis("probs", f"the probability target has an extra dimension of size 1 "
+                                       f"at dim {dim}.", f"target.squeeze({dim})")
     return None
+
+
+def _extra_dim_cause(input, target, dim):
+    if input.dim() == 4 and dim == 1:
+        return "masks loaded as single-channel images keep a channel dimension (N, 1, H, W)."
+    if target.dim() == 2 and dim == 1:
+        return "labels stored as a column (N, 1), e.g. from a DataFrame column or a (N, 1) array."
+    return f"the target has an extra dimension of size 1 at dim {dim}."
 
 
 def _hint_channel_last_logits(input, target):
     # (N, T, C) or (N, H, W, C) logits with a matching (N, T) / (N, H, W) target.
-    if input.dim() < 3 or tuple(target.shape) != (int(input.shape[0]),) + tuple(int(s) for s in input.shape[1:-1]):
+    if input.dim() < 3:
+        return None
+    if tuple(int(s) for s in target.shape) != tuple(int(s) for s in input.shape[:-1]):
         return None
     classes = int(input.shape[-1])
     if input.dim() == 3:
@@ -935,12 +1010,12 @@ def _hint_spatial_sizes(input, target):
         return _Diagnosis("layout", cause + " The same sizes in another order.",
                           f"permute the target to {_shape(wanted)}.")
     factor = _common_scale(got[1:], wanted[1:])
-    if factor is not None:
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}.get(len(got) - 1)
+    if factor is not None and mode is not None:
         return _Diagnosis(
-            "layout", cause + f" The target is {factor:g} times the logits' resolution: the "
-                              "model output is downsampled, or masks and images were resized "
-                              "differently.",
-            f"F.interpolate(logits, size={tuple(got[1:])}, mode='bilinear') "
+            "layout", cause + f" All differ by the factor {factor:g}: the model output is "
+                              "downsampled, or masks and images were resized differently.",
+            f"F.interpolate(logits, size={tuple(got[1:])}, mode='{mode}') "
             "(or resize the masks with mode='nearest').")
     return _Diagnosis("layout", cause + " Images and masks were resized or cropped "
                                         "differently; apply the same transform to both.")
@@ -987,21 +1062,21 @@ def _hint_multi_label(input, target):
 
 
 def _hint_batch_sizes(input, target) -> _Diagnosis:
-    n_in, n_tgt = int(input.shape[0]), _target_batch_size(target)
-    small, large = sorted((n_in, n_tgt))
-    cause = f"the input has {n_in} samples but the target has {n_tgt}."
+    n_in, n_tgt = int(input.shape[0]), int(_target_batch_size(target))
+    small, large = min(n_in, n_tgt), max(n_in, n_tgt)
+    sentences = [f"the input has {n_in} samples but the target has {n_tgt}."]
     if small == 0:
-        return _Diagnosis("batch", cause + " One of them is empty.")
-    reasons = []
+        return _Diagnosis("batch", sentences[0] + " One of them is empty.")
     if large % small == 0:
-        more = "target" if n_tgt > n_in else "input"
-        reasons.append(f"the {more} has {large // small} entries per sample of the other: "
-                       "a reshape / view(-1) / flatten merged a dimension into the batch, or "
-                       "the two come from loaders with different batch_size")
-    reasons.append(f"{small} may be a final partial batch: inputs and targets are batched by "
-                   "different DataLoaders or datasets of different lengths (drop_last=True "
-                   "on one side only, or an uneven train/validation split)")
-    return _Diagnosis("batch", cause + " " + "; or ".join(reasons) + ".",
+        per = (f"The target has {large // small} entries per input sample" if n_tgt > n_in
+               else f"The input has {large // small} rows per target entry")
+        sentences.append(f"{per}: a reshape, view(-1) or flatten merged a dimension into the "
+                         "batch, or the two come from loaders with different batch_size.")
+    sentences.append(f"If {large} is the batch size, {small} looks like a final partial batch: "
+                     "inputs and targets are batched by different DataLoaders or datasets of "
+                     "different lengths (drop_last=True on one side only, or an uneven "
+                     "train/validation split).")
+    return _Diagnosis("batch", " ".join(sentences),
                       "batch inputs and targets together: one Dataset returning "
                       "(input, target) pairs, one DataLoader.")
 
@@ -1014,10 +1089,10 @@ _SHAPE_HINTS = (
     _hint_channel_last_target,
     _hint_flattened_logits,
     _hint_probability_shape,
+    _hint_missing_dims,
     _hint_flattened_target,
     _hint_flattened_one_hot,
     _hint_spatial_sizes,
-    _hint_missing_dims,
     _hint_multi_label,
 )
 
@@ -1028,57 +1103,77 @@ _SHAPE_HINTS = (
 
 
 def _unravel(position: int, shape: Sequence[int]) -> Tuple[int, ...]:
+    """Row-major multi-index of a flat position (a size-0 dim counts as 1, as in C++)."""
     index = []
-    for size in reversed(shape):
-        index.append(position % size if size else 0)
-        position = position // size if size else 0
+    for size in reversed([max(int(s), 1) for s in shape]):
+        index.append(position % size)
+        position //= size
     return tuple(reversed(index))
 
 
 def _out_of_range_cause(value: int, num_classes: int) -> str:
-    # The rules of the module docstring, in order.
-    if num_classes == 0:
-        return "the input has no classes (its class dimension has size 0)."
+    # Word for word the rules of likely_cause() in csrc/op_common.cpp.
     if value < 0:
-        return f"negative labels such as {value} are usually padding: pass ignore_index={value}."
-    if num_classes == 1:
-        return ("a single output logit cannot be used with cross_entropy: use "
-                "binary_cross_entropy_with_logits, or give the model 2 outputs.")
+        return (f"negative labels used as padding or 'no label': pass ignore_index={value} "
+                "(or map them to the ignore_index in force).")
     if value == num_classes:
         return (f"labels numbered 1..{num_classes} instead of 0..{num_classes - 1} "
-                "(use target - 1), or num_classes one too small.")
+                "(subtract 1), or a model head with one class too few.")
     if value == 255:
-        return "255 marks 'void' pixels in many segmentation masks: pass ignore_index=255."
-    if value < 255:
-        return (f"num_classes ({num_classes}) is smaller than the label set, or the mask "
-                "holds grey values 0..255 instead of class indices.")
-    return f"num_classes ({num_classes}) is smaller than the label set."
+        return ("a segmentation mask whose 'void'/border pixels are 255 (pass "
+                "ignore_index=255), or grey values 0..255 that were never mapped to class "
+                "indices.")
+    return (f"a model head with fewer outputs ({num_classes}) than the label set, or labels "
+            "from another dataset or label map.")
 
 
 def format_out_of_range(target_shape, flat_position, value, num_classes, count,
                         ignore_index) -> str:
     """The out-of-range message (format in the module docstring)."""
     shape = tuple(int(s) for s in target_shape)
-    index = _unravel(int(flat_position), shape)
-    where = "target[" + (", ".join(str(i) for i in index) if index else "()") + "]"
-    return (f"Target {value} is out of bounds. {where} = {value} is not a class index in "
-            f"[0, {num_classes}) and is not ignore_index ({ignore_index}); {count} of "
-            f"{_numel(shape)} targets are invalid. Likely cause: "
+    index = ", ".join(str(i) for i in _unravel(int(flat_position), shape))
+    return (f"Target {value} is out of bounds. target[{index}] = {value} is not a class "
+            f"index in [0, {num_classes}) and is not ignore_index ({ignore_index}); {count} "
+            f"of {_numel(shape)} targets are invalid. Likely cause: "
             f"{_out_of_range_cause(int(value), int(num_classes))}")
+
+
+# Fields of the int64[6] status record (csrc/status.h).
+_STATUS_POSITION, _STATUS_VALUE, _STATUS_COUNT = 0, 1, 2
+_STATUS_SIZE = 6
+
+
+def target_status(target, num_classes, ignore_index) -> torch.Tensor:
+    """The kernel's status record for the targets alone, computed on target's device.
+
+    int64[6] = (flat position of the first invalid target, its value, invalid
+    count, -1, -1, -1): the non-finite-logit fields stay empty. No host sync:
+    only the caller's ``.cpu()`` waits for it.
+    """
+    status = torch.full((_STATUS_SIZE,), -1, dtype=torch.int64, device=target.device)
+    flat = target.reshape(-1).long()
+    if flat.numel() == 0:
+        status[_STATUS_COUNT] = 0
+        return status
+    invalid = ((flat < 0) | (flat >= int(num_classes))) & (flat != ignore_index)
+    count = invalid.sum()
+    first = invalid.to(torch.uint8).argmax()  # argmax returns the first maximum
+    found = count > 0
+    status[_STATUS_POSITION] = torch.where(found, first, -1)
+    status[_STATUS_VALUE] = torch.where(found, flat[first], -1)
+    status[_STATUS_COUNT] = count
+    return status
 
 
 def _find_out_of_range(input, target, ignore_index) -> Optional[TargetOutOfRangeError]:
     classes = _num_classes(input)
-    flat = target.reshape(-1).long()
-    invalid = ((flat < 0) | (flat >= classes)) & (flat != ignore_index)
-    count = int(invalid.sum())
-    if count == 0:
+    position, value, count = target_status(target, classes, ignore_index)[:3].tolist()
+    if count <= 0:
         return None
-    position = int(invalid.nonzero()[0, 0])
-    value = int(flat[position])
     message = format_out_of_range(target.shape, position, value, classes, count, ignore_index)
-    return TargetOutOfRangeError(message, position=position, value=value,
-                                 num_classes=classes, count=count, ignore_index=ignore_index)
+    return TargetOutOfRangeError(message, position=_unravel(position, target.shape),
+                                 value=value, num_classes=classes, count=count,
+                                 ignore_index=ignore_index)
 
 
 # =============================================================================
@@ -1165,12 +1260,11 @@ def _ignored_warnings(target, ignore_index) -> List[str]:
 def _probability_warnings(input, target) -> List[str]:
     if target.numel() == 0 or input.dim() == 0:
         return []
-    probs = target.double()
-    sums = probs.sum(_class_dim(input))
     warnings = []
-    if bool((probs < 0).any()):
+    if bool((target < 0).any()):
         warnings.append("the probability target has negative entries; torch accepts them "
                         "silently.")
+    sums = target.sum(_class_dim(input), dtype=torch.float64)
     if not bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
         warnings.append("the probability target rows do not sum to 1 along the class dim; "
                         "torch accepts them silently.")
@@ -1180,14 +1274,14 @@ def _probability_warnings(input, target) -> List[str]:
 def _logit_warnings(input) -> List[str]:
     if input.numel() == 0 or input.dim() == 0:
         return []
-    values = input.double()
-    finite = torch.isfinite(values)
+    finite = torch.isfinite(input)
     if not bool(finite.all()):
-        position = _unravel(int((~finite).reshape(-1).nonzero()[0, 0]), input.shape)
-        return [f"the logits contain NaN or inf (first at input{list(position)}); the loss "
+        first = int((~finite).reshape(-1).to(torch.uint8).argmax())
+        position = ", ".join(str(i) for i in _unravel(first, input.shape))
+        return [f"the logits contain NaN or inf (first at input[{position}]); the loss "
                 "will be NaN or inf."]
-    sums = values.sum(_class_dim(input))
-    if bool((values >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
+    sums = input.sum(_class_dim(input), dtype=torch.float64)
+    if bool((input >= 0).all()) and bool(torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
         return ["the input looks like probabilities (non-negative, summing to 1): "
                 "cross_entropy applies log_softmax itself, so pass raw logits (remove the "
                 "final softmax)."]

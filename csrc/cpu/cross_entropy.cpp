@@ -52,7 +52,7 @@ LossOptions options_of(const Tensor& weight_acc, double label_smoothing, int64_t
 Tensor reduced_loss(const ForwardTotals& totals, int64_t reduction, double mean_divisor, const Tensor& loss_rows,
                     const Tensor& logits) {
   if (reduction == kReductionNone) return loss_rows;
-  const double value = reduction == kReductionMean ? totals.loss_sum / mean_divisor : totals.loss_sum;
+  const double value = reduction == kReductionMean ? mean_loss(totals.loss_sum, mean_divisor) : totals.loss_sum;
   return at::scalar_tensor(value, logits.options());
 }
 
@@ -105,7 +105,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
   const Tensor target_c = target.contiguous();
   const Tensor w = weights_for_kernel(weight, acc);
   const LogitsView x = view_of(logits);
-  const Tensor lse = at::empty({x.geo.num_rows}, logits.options().dtype(acc));
+  const Tensor lse = at::empty({x.geo.num_rows, 2}, logits.options().dtype(acc));
   const Tensor loss_rows = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options()) : Tensor();
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   const ForwardTotals totals = kernels().index_forward(x, t, options_of(w, label_smoothing, reduction),
@@ -140,7 +140,7 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cpu(const Tensor& logi
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor w = weights_for_kernel(weight, acc);
   const LogitsView x = view_of(logits);
-  const Tensor lse = at::empty({x.geo.num_rows}, logits.options().dtype(acc));
+  const Tensor lse = at::empty({x.geo.num_rows, 2}, logits.options().dtype(acc));
   const Tensor loss_rows = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options()) : Tensor();
   const ForwardTotals totals = kernels().prob_forward(x, view_of(target), options_of(w, label_smoothing, reduction),
                                                      forward_outputs(loss_rows, lse, check_finite));

@@ -112,7 +112,9 @@ void zero_row(scalar_t* row, int64_t stride, int64_t len) {
 template <typename acc_t>
 Vectorized<acc_t> vexp(const Vectorized<acc_t>& v) {
   if constexpr (std::is_same_v<acc_t, float>) {
-    return v.exp_u20();  // ~2 ulp, the variant ATen's own softmax kernels use
+    // exp_u20 (~2 ulp, the variant ATen's own softmax kernels use) turns NaN into inf; keep NaN
+    // so a NaN logit poisons its row exactly as it does in torch.
+    return Vectorized<acc_t>::blendv(v.exp_u20(), v, v.isnan());
   } else {
     return v.exp();
   }
@@ -187,17 +189,18 @@ RowSums<acc_t> chunk_row_sums(const acc_t* x, const acc_t* w, const acc_t* q, in
   return sums;
 }
 
-// out_c = k * (S exp(x_c - lse) - a_c) with a_c = w_c (share q_c + eps/C): both target kinds.
+// out_c = k * (S softmax_c - a_c) with a_c = w_c (share q_c + eps/C): both target kinds.
 // For a class-index row q == nullptr (a_c is then the smoothing share alone; the caller writes
 // the target element itself, from acc_t, so its cancellation never goes through a rounded value).
 template <typename acc_t>
-void chunk_grad(acc_t* out, const acc_t* x, const acc_t* w, const acc_t* q, int64_t n, acc_t lse, acc_t scale,
+void chunk_grad(acc_t* out, const acc_t* x, const acc_t* w, const acc_t* q, int64_t n, RowLse<acc_t> lse, acc_t scale,
                 acc_t mass, acc_t share, acc_t eps_per_class) {
   using Vec = Vectorized<acc_t>;
-  const Vec vlse(lse), vks(scale * mass), vk(scale), vshare(share), veps(eps_per_class), one(acc_t(1));
+  const Vec vmax(lse.max), vlog_sum(lse.log_sum), vks(scale * mass), vk(scale), vshare(share), veps(eps_per_class),
+      one(acc_t(1));
   int64_t c = 0;
   for (; c + Vec::size() <= n; c += Vec::size()) {
-    const Vec p_term = vks * vexp(Vec::loadu(x + c) - vlse);
+    const Vec p_term = vks * vexp((Vec::loadu(x + c) - vmax) - vlog_sum);
     const Vec wv = w ? Vec::loadu(w + c) : one;
     Vec a = q ? vshare * Vec::loadu(q + c) + veps : veps;
     (p_term - vk * (wv * a)).store(out + c);
@@ -209,17 +212,18 @@ void chunk_grad(acc_t* out, const acc_t* x, const acc_t* w, const acc_t* q, int6
   }
 }
 
-// d loss / d q_c = -k share w_c (x_c - lse).
+// d loss / d q_c = -k share w_c log softmax_c.
 template <typename acc_t>
-void chunk_target_grad(acc_t* out, const acc_t* x, const acc_t* w, int64_t n, acc_t lse, acc_t scale, acc_t share) {
+void chunk_target_grad(acc_t* out, const acc_t* x, const acc_t* w, int64_t n, RowLse<acc_t> lse, acc_t scale,
+                       acc_t share) {
   using Vec = Vectorized<acc_t>;
-  const Vec vlse(lse), vneg(-scale * share), one(acc_t(1));
+  const Vec vmax(lse.max), vlog_sum(lse.log_sum), vneg(-scale * share), one(acc_t(1));
   int64_t c = 0;
   for (; c + Vec::size() <= n; c += Vec::size()) {
     const Vec wv = w ? Vec::loadu(w + c) : one;
-    (vneg * wv * (Vec::loadu(x + c) - vlse)).store(out + c);
+    (vneg * wv * ((Vec::loadu(x + c) - vmax) - vlog_sum)).store(out + c);
   }
-  for (; c < n; ++c) out[c] = -scale * share * (w ? w[c] : acc_t(1)) * (x[c] - lse);
+  for (; c < n; ++c) out[c] = -scale * share * (w ? w[c] : acc_t(1)) * log_prob(x[c], lse);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,16 +257,17 @@ int lane_offsets(const RowGeometry& g, int64_t first, int64_t end, int64_t* offs
   return n;
 }
 
-// Per-lane lse of the L rows in buf: max, then sum of exp over the classes.
+// Per-lane RowLse of the L rows in buf: max, then log of the sum of exp over the classes.
 template <typename acc_t>
-Vectorized<acc_t> lane_lse(const acc_t* buf, int64_t num_classes) {
+void lane_lse(const acc_t* buf, int64_t num_classes, acc_t* max_out, acc_t* log_sum_out) {
   using Vec = Vectorized<acc_t>;
   constexpr int L = Vec::size();
   Vec m = Vec::loadu(buf);
   for (int64_t c = 1; c < num_classes; ++c) m = at::vec::maximum(m, Vec::loadu(buf + c * L));
   Vec s(acc_t(0));
   for (int64_t c = 0; c < num_classes; ++c) s = s + vexp(Vec::loadu(buf + c * L) - m);
-  return m + s.log();
+  m.store(max_out);
+  s.log().store(log_sum_out);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -379,10 +384,12 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
   auto finish_row = [&](int64_t r, ForwardTotals& part, auto&& scan_valid_row) {
     const int64_t y = read_target(t, r);
     const TargetKind kind = classify_target(y, C, t.ignore_index);
-    acc_t loss = 0, lse = 0;
+    acc_t loss = 0;
+    RowLse<acc_t> lse{0, 0};
     if (kind == kTargetInvalid) {
       part.invalid = invalid_merge(part.invalid, InvalidTarget{r, y, 1});
-      loss = lse = NAN;
+      loss = NAN;
+      lse = RowLse<acc_t>{NAN, NAN};
     } else if (kind == kTargetValid) {
       const acc_t w_y = w ? w[y] : acc_t(1);
       acc_t ref, x_y;
@@ -392,7 +399,7 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
       part.total_weight += w_y;
     }
     part.loss_sum += loss;
-    lse_out[r] = lse;
+    store_row_lse(lse_out, r, lse);
     if (loss_rows) loss_rows[r] = static_cast<scalar_t>(loss);
   };
 
@@ -400,12 +407,13 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
     if (!use_lane_rows(g)) {
       alignas(64) acc_t xbuf[kChunkElems];
       for (int64_t r = r0; r < r1; ++r) {
-        finish_row(r, part, [&](int64_t y, acc_t& lse, acc_t& ref, acc_t& x_y, RowSums<acc_t>& sums, ForwardTotals& p) {
+        finish_row(r, part, [&](int64_t y, RowLse<acc_t>& lse, acc_t& ref, acc_t& x_y, RowSums<acc_t>& sums,
+                                ForwardTotals& p) {
           const scalar_t* row = x + row_offset(g, r);
           const RowScan<acc_t> scan =
               scan_row<scalar_t, acc_t>(row, g.class_stride, nullptr, 0, C, w, has_smoothing(k), out.check_finite, xbuf, nullptr);
           note_nonfinite(p, r, scan.nonfinite_class);
-          lse = lse_value(scan.lse);
+          lse = row_lse(scan.lse);
           ref = scan.ref;
           x_y = static_cast<acc_t>(row[y * g.class_stride]);
           sums = scan.sums;
@@ -418,8 +426,8 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
       int64_t offsets[L];
       const int n = lane_offsets<acc_t>(g, first, r1, offsets);
       gather_lane_rows(x, offsets, C, g.class_stride, buf);
-      alignas(64) acc_t lse[L], ref[L], swd[L];
-      lane_lse(buf, C).store(lse);
+      alignas(64) acc_t max[L], log_sum[L], ref[L], swd[L];
+      lane_lse(buf, C, max, log_sum);
       for (int l = 0; l < L; ++l) ref[l] = row_reference(buf[l]);
       if (has_smoothing(k)) {
         const Vec vref = Vec::loadu(ref);
@@ -428,13 +436,14 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
         acc.store(swd);
       }
       for (int l = 0; l < n; ++l) {
-        finish_row(first + l, part, [&](int64_t y, acc_t& lse_r, acc_t& ref_r, acc_t& x_y, RowSums<acc_t>& sums, ForwardTotals& p) {
+        finish_row(first + l, part, [&](int64_t y, RowLse<acc_t>& lse_r, acc_t& ref_r, acc_t& x_y,
+                                        RowSums<acc_t>& sums, ForwardTotals& p) {
           if (out.check_finite) {
             int64_t bad = -1;
             for (int64_t c = 0; c < C && bad < 0; ++c) bad = (buf[c * L + l] - buf[c * L + l] == 0) ? -1 : c;
             note_nonfinite(p, first + l, bad);
           }
-          lse_r = lse[l];
+          lse_r = RowLse<acc_t>{max[l], log_sum[l]};
           ref_r = ref[l];
           x_y = buf[y * L + l];
           sums = RowSums<acc_t>{has_smoothing(k) ? swd[l] : acc_t(0), 0, 0};
@@ -461,7 +470,7 @@ void index_backward_lanes(const LogitsView& xv, const IndexTargets& t, const Los
       int64_t offsets[L];
       const int n = lane_offsets<acc_t>(g, first, g.num_rows, offsets);
       gather_lane_rows(x, offsets, C, g.class_stride, buf);
-      alignas(64) acc_t scale[L], mass[L], lse_l[L], ks[L], ke[L];
+      alignas(64) acc_t scale[L], mass[L], max[L], log_sum[L], ks[L], ke[L];
       int64_t y[L];
       bool valid[L];
       for (int l = 0; l < L; ++l) {
@@ -470,14 +479,16 @@ void index_backward_lanes(const LogitsView& xv, const IndexTargets& t, const Los
         valid[l] = l < n && classify_target(y[l], C, t.ignore_index) == kTargetValid;
         scale[l] = valid[l] ? (per_row ? per_row[r] : static_cast<acc_t>(scalar_scale)) : acc_t(0);
         mass[l] = valid[l] ? index_row_mass(k, w ? w[y[l]] : acc_t(1)) : acc_t(0);
-        lse_l[l] = valid[l] ? lse[r] : acc_t(0);
+        const RowLse<acc_t> row = valid[l] ? load_row_lse(lse, r) : RowLse<acc_t>{0, 0};
+        max[l] = row.max;
+        log_sum[l] = row.log_sum;
         ks[l] = scale[l] * mass[l];
         ke[l] = scale[l] * smoothing_per_class(k);
       }
-      const Vec vks = Vec::loadu(ks), vke = Vec::loadu(ke), vlse = Vec::loadu(lse_l);
+      const Vec vks = Vec::loadu(ks), vke = Vec::loadu(ke), vmax = Vec::loadu(max), vlog_sum = Vec::loadu(log_sum);
       for (int64_t c = 0; c < C; ++c) {
         const Vec xc = Vec::loadu(buf + c * L);
-        (vks * vexp(xc - vlse) - vke * Vec(w ? w[c] : acc_t(1))).store(buf + c * L);
+        (vks * vexp((xc - vmax) - vlog_sum) - vke * Vec(w ? w[c] : acc_t(1))).store(buf + c * L);
       }
       for (int l = 0; l < n; ++l) {
         scalar_t* grow = grad + row_offset(gout.geo, first + l);
@@ -491,7 +502,7 @@ void index_backward_lanes(const LogitsView& xv, const IndexTargets& t, const Los
         const acc_t w_y = w ? w[y[l]] : acc_t(1);
         const acc_t x_y = static_cast<acc_t>(x[offsets[l] + y[l] * g.class_stride]);
         grow[y[l] * gstride] = static_cast<scalar_t>(
-            grad_element(scale[l], mass[l], x_y, lse_l[l], index_target_mass(k, w_y, true, w_y)));
+            grad_element(scale[l], mass[l], x_y, RowLse<acc_t>{max[l], log_sum[l]}, index_target_mass(k, w_y, true, w_y)));
       }
     }
   });
@@ -532,14 +543,14 @@ void index_backward_typed(const LogitsView& xv, const IndexTargets& t, const Los
         const int64_t n = std::min(kChunkElems, C - c0);
         const acc_t* xs = load_chunk(row, g.class_stride, c0, n, xbuf);
         acc_t* gs_out = chunk_target(grow, gout.geo.class_stride, c0, gbuf);
-        chunk_grad<acc_t>(gs_out, xs, w ? w + c0 : nullptr, nullptr, n, lse[r], scale, mass, acc_t(0),
+        chunk_grad<acc_t>(gs_out, xs, w ? w + c0 : nullptr, nullptr, n, load_row_lse(lse, r), scale, mass, acc_t(0),
                           smoothing_per_class(k));
         store_chunk(grow, gout.geo.class_stride, c0, n, gs_out);
       }
       // The target element, recomputed whole in acc_t (not patched into a rounded value).
       const acc_t a_y = index_target_mass(k, w_y, true, w_y);
       grow[y * gout.geo.class_stride] = static_cast<scalar_t>(
-          grad_element(scale, mass, static_cast<acc_t>(row[y * g.class_stride]), lse[r], a_y));
+          grad_element(scale, mass, static_cast<acc_t>(row[y * g.class_stride]), load_row_lse(lse, r), a_y));
     }
   });
 }
@@ -566,11 +577,11 @@ ForwardTotals prob_forward_typed(const LogitsView& xv, const LogitsView& qv, con
         scan_row<scalar_t, acc_t>(x + row_offset(g, r), g.class_stride, q + row_offset(qv.geo, r), qv.geo.class_stride,
                                   g.num_classes, w, has_smoothing(k), out.check_finite, xbuf, qbuf);
     note_nonfinite(part, r, scan.nonfinite_class);
-    const acc_t lse = lse_value(scan.lse);
+    const RowLse<acc_t> lse = row_lse(scan.lse);
     // An empty class dimension has nothing to sum: the row's loss is 0, as torch's sum over it.
     const acc_t loss = g.num_classes == 0 ? acc_t(0) : prob_row_loss(k, lse, scan.ref, scan.sums);
     part.loss_sum += loss;
-    lse_out[r] = lse;
+    store_row_lse(lse_out, r, lse);
     if (loss_rows) loss_rows[r] = static_cast<scalar_t>(loss);
    }
   });
@@ -613,11 +624,11 @@ void prob_backward_typed(const LogitsView& xv, const LogitsView& qv, const LossO
         const acc_t* qs = load_chunk(qrow, qv.geo.class_stride, c0, n, qbuf);
         const acc_t* wc = w ? w + c0 : nullptr;
         acc_t* out = chunk_target(gxrow, gx.geo.class_stride, c0, gbuf);
-        chunk_grad<acc_t>(out, xs, wc, qs, n, lse[r], scale, mass, target_share(k), smoothing_per_class(k));
+        chunk_grad<acc_t>(out, xs, wc, qs, n, load_row_lse(lse, r), scale, mass, target_share(k), smoothing_per_class(k));
         store_chunk(gxrow, gx.geo.class_stride, c0, n, out);
         if (gqrow) {
           out = chunk_target(gqrow, gq->geo.class_stride, c0, gbuf);
-          chunk_target_grad<acc_t>(out, xs, wc, n, lse[r], scale, target_share(k));
+          chunk_target_grad<acc_t>(out, xs, wc, n, load_row_lse(lse, r), scale, target_share(k));
           store_chunk(gqrow, gq->geo.class_stride, c0, n, out);
         }
       }
