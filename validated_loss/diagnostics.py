@@ -50,6 +50,8 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
+import re
+
 import torch
 
 __all__ = [
@@ -75,7 +77,6 @@ __all__ = [
     "check_inputs",
     "check_batch",
     "BatchReport",
-    "format_out_of_range",
 ]
 
 
@@ -1111,33 +1112,6 @@ def _unravel(position: int, shape: Sequence[int]) -> Tuple[int, ...]:
     return tuple(reversed(index))
 
 
-def _out_of_range_cause(value: int, num_classes: int) -> str:
-    # Word for word the rules of likely_cause() in csrc/op_common.cpp.
-    if value < 0:
-        return (f"negative labels used as padding or 'no label': pass ignore_index={value} "
-                "(or map them to the ignore_index in force).")
-    if value == num_classes:
-        return (f"labels numbered 1..{num_classes} instead of 0..{num_classes - 1} "
-                "(subtract 1), or a model head with one class too few.")
-    if value == 255:
-        return ("a segmentation mask whose 'void'/border pixels are 255 (pass "
-                "ignore_index=255), or grey values 0..255 that were never mapped to class "
-                "indices.")
-    return (f"a model head with fewer outputs ({num_classes}) than the label set, or labels "
-            "from another dataset or label map.")
-
-
-def format_out_of_range(target_shape, flat_position, value, num_classes, count,
-                        ignore_index) -> str:
-    """The out-of-range message (format in the module docstring)."""
-    shape = tuple(int(s) for s in target_shape)
-    index = ", ".join(str(i) for i in _unravel(int(flat_position), shape))
-    return (f"Target {value} is out of bounds. target[{index}] = {value} is not a class "
-            f"index in [0, {num_classes}) and is not ignore_index ({ignore_index}); {count} "
-            f"of {_numel(shape)} targets are invalid. Likely cause: "
-            f"{_out_of_range_cause(int(value), int(num_classes))}")
-
-
 # Fields of the int64[6] status record (csrc/status.h).
 _STATUS_POSITION, _STATUS_VALUE, _STATUS_COUNT = 0, 1, 2
 _STATUS_SIZE = 6
@@ -1166,14 +1140,47 @@ def target_status(target, num_classes, ignore_index) -> torch.Tensor:
 
 
 def _find_out_of_range(input, target, ignore_index) -> Optional[TargetOutOfRangeError]:
+    """The error an out-of-range target gets, worded by the extension's raise_for_status (the one
+    place that message is written, csrc/op_common.cpp), or None."""
+    from . import _ops  # loads the compiled library
+
     classes = _num_classes(input)
-    position, value, count = target_status(target, classes, ignore_index)[:3].tolist()
-    if count <= 0:
+    status = target_status(target, classes, ignore_index).cpu()
+    if int(status[_STATUS_COUNT]) <= 0:
         return None
-    message = format_out_of_range(target.shape, position, value, classes, count, ignore_index)
-    return TargetOutOfRangeError(message, position=_unravel(position, target.shape),
-                                 value=value, num_classes=classes, count=count,
+    try:
+        _ops.ops.raise_for_status(status, list(target.shape), classes, ignore_index, list(input.shape))
+    except IndexError as error:
+        return target_error_from(error, ignore_index)
+    return None
+
+
+# The kernel's messages (csrc/op_common.cpp) are the one place they are worded; the numbers the
+# exceptions carry as attributes are read back from them.
+_TARGET_FACTS = re.compile(
+    r"target\[(?P<index>[\d, ]*)\] = (?P<value>-?\d+) is not a class index in \[0, (?P<classes>\d+)\).*?"
+    r"(?P<count>\d+) of \d+ targets are invalid"
+)
+_NONFINITE_FACTS = re.compile(r"Non-finite logits: input\[(?P<index>[\d, ]*)\] \(row (?P<row>\d+)\), class (?P<cls>\d+)")
+
+
+def target_error_from(error, ignore_index):
+    """The kernel's IndexError for a bad target as a TargetOutOfRangeError (same message)."""
+    facts = _TARGET_FACTS.search(str(error))
+    if facts is None:
+        return error
+    index = tuple(int(i) for i in facts["index"].split(",") if i.strip())
+    return TargetOutOfRangeError(str(error), position=index, value=int(facts["value"]),
+                                 num_classes=int(facts["classes"]), count=int(facts["count"]),
                                  ignore_index=ignore_index)
+
+
+def nonfinite_error_from(error):
+    """The kernel's ValueError for a NaN/inf logit as a NonFiniteLogitsError (same message)."""
+    facts = _NONFINITE_FACTS.search(str(error))
+    if facts is None:
+        return error
+    return NonFiniteLogitsError(str(error), row=int(facts["row"]), column=int(facts["cls"]))
 
 
 # =============================================================================

@@ -7,7 +7,6 @@ pass; the errors it reports are re-raised here as the package's exception classe
 """
 
 import operator
-import re
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +14,7 @@ from torch.nn import _reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import _ops, diagnostics
-from .diagnostics import NonFiniteLogitsError, TargetOutOfRangeError
+from .diagnostics import nonfinite_error_from, target_error_from
 
 VALIDATE_MODES = {"off": 0, "sync": 1, "deferred": 2}
 
@@ -95,9 +94,9 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
         loss, _, _, _ = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index, label_smoothing,
                                                    check_finite, validate)
     except IndexError as error:
-        raise _as_target_error(error, ignore_index) from None
+        raise target_error_from(error, ignore_index) from None
     except ValueError as error:
-        raise _as_nonfinite_error(error) from None
+        raise nonfinite_error_from(error) from None
     return loss.reshape(()) if one_dim and reduction == 0 else loss
 
 
@@ -114,61 +113,15 @@ def _probability_loss(input, target, weight, reduction, label_smoothing, check_f
     try:
         loss, _, _ = _ops.ops.cross_entropy_prob_fwd(logits, probs, weight, reduction, label_smoothing, check_finite)
     except ValueError as error:
-        raise _as_nonfinite_error(error) from None
+        raise nonfinite_error_from(error) from None
     return loss.reshape(()) if one_dim and reduction == 0 else loss
 
 
 def _torch_fallback(input, target, weight, reduction, ignore_index, label_smoothing, mode):
     """A device with no kernel of ours (mps, xpu, ...): the same checks, then torch computes."""
     if mode == "index":
-        num_classes = input.shape[0 if input.dim() == 1 else 1]
-        status = target_status(target, num_classes, ignore_index)
-        try:
-            _ops.ops.raise_for_status(status.cpu(), list(target.shape), num_classes, ignore_index, list(input.shape))
-        except IndexError as error:
-            raise _as_target_error(error, ignore_index) from None
+        error = diagnostics._find_out_of_range(input, target, ignore_index)
+        if error is not None:
+            raise error
     return F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=_ops.REDUCTION_NAMES[reduction],
                            label_smoothing=label_smoothing)
-
-
-def target_status(target, num_classes, ignore_index):
-    """The status record (csrc/status.h) of a target tensor, computed with torch ops on its own
-    device: for devices where no kernel of ours fills it in the loss's own pass."""
-    flat = target.reshape(-1).long()
-    invalid = (flat != ignore_index) & ((flat < 0) | (flat >= num_classes))
-    count = invalid.sum()
-    first = invalid.int().argmax() if flat.numel() else count  # argmax gives the first True
-    value = flat[first] if flat.numel() else count
-    none = torch.full_like(count, -1)
-    return torch.stack([torch.where(count > 0, first, none), torch.where(count > 0, value, none), count,
-                        none, none, torch.zeros_like(count)])
-
-
-# The kernel's messages (csrc/op_common.cpp) are the one place they are worded; the numbers the
-# exception carries as attributes are read back from them.
-_TARGET_FACTS = re.compile(
-    r"target\[(?P<index>[\d, ]*)\] = (?P<value>-?\d+) is not a class index in \[0, (?P<classes>\d+)\).*?"
-    r"(?P<count>\d+) of \d+ targets are invalid"
-)
-
-
-def _as_target_error(error, ignore_index):
-    message = str(error)
-    facts = _TARGET_FACTS.search(message)
-    if facts is None:
-        return error
-    index = tuple(int(i) for i in facts["index"].split(",") if i.strip())
-    return TargetOutOfRangeError(message, position=index, value=int(facts["value"]),
-                                 num_classes=int(facts["classes"]), count=int(facts["count"]),
-                                 ignore_index=ignore_index)
-
-
-_NONFINITE_FACTS = re.compile(r"Non-finite logits: input\[(?P<index>[\d, ]*)\] \(row (?P<row>\d+)\), class (?P<cls>\d+)")
-
-
-def _as_nonfinite_error(error):
-    message = str(error)
-    facts = _NONFINITE_FACTS.search(message)
-    if facts is None:
-        return error
-    return NonFiniteLogitsError(message, row=int(facts["row"]), column=int(facts["cls"]))
