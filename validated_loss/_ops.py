@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from . import _C  # noqa: F401  (loading the library registers torch.ops.validated_loss)
+from ._status import STATUS_SIZE
 
 ops = torch.ops.validated_loss
 
 REDUCTION_NAMES = {0: "none", 1: "mean", 2: "sum"}
-STATUS_SIZE = 6
 
 
 def accumulate_dtype(dtype):
@@ -98,6 +98,10 @@ def _fwd_setup(ctx, inputs, output):
 
 
 def _fwd_backward(ctx, grad_loss, grad_lse, grad_total_weight, grad_status):
+    if not torch.compiler.is_compiling():
+        from . import _deferred  # validate="deferred": a bad target is reported by backward at the latest
+
+        _deferred.check_pending()
     logits, target, weight, lse, total_weight = ctx.saved_tensors
     grad = None
     if ctx.needs_input_grad[0]:

@@ -1113,8 +1113,10 @@ def _unravel(position: int, shape: Sequence[int]) -> Tuple[int, ...]:
 
 
 # Fields of the int64[6] status record (csrc/status.h).
-_STATUS_POSITION, _STATUS_VALUE, _STATUS_COUNT = 0, 1, 2
-_STATUS_SIZE = 6
+from ._status import STATUS_INVALID_COUNT as _STATUS_COUNT  # noqa: E402
+from ._status import STATUS_INVALID_POSITION as _STATUS_POSITION  # noqa: E402
+from ._status import STATUS_INVALID_VALUE as _STATUS_VALUE  # noqa: E402
+from ._status import STATUS_SIZE as _STATUS_SIZE  # noqa: E402
 
 
 def target_status(target, num_classes, ignore_index) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch.nn import _reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from . import _ops, diagnostics
+from . import _deferred, _ops, diagnostics
 from .diagnostics import nonfinite_error_from, target_error_from
 
 VALIDATE_MODES = {"off": 0, "sync": 1, "deferred": 2}
@@ -90,13 +90,18 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
     one_dim = input.dim() == 1  # (C,) logits with a () or (1,) target: one row
     logits = input.unsqueeze(0) if one_dim else input
     rows = target.reshape(1) if one_dim else target
+    eager = not torch.compiler.is_compiling()
+    if eager:
+        _deferred.check_pending()  # an earlier deferred call's bad target surfaces here at the latest
     try:
-        loss, _, _, _ = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index, label_smoothing,
-                                                   check_finite, validate)
+        loss, _, _, status = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
+                                                        label_smoothing, check_finite, validate)
     except IndexError as error:
         raise target_error_from(error, ignore_index) from None
     except ValueError as error:
         raise nonfinite_error_from(error) from None
+    if eager and validate == VALIDATE_MODES["deferred"] and logits.is_cuda and not torch.cuda.is_current_stream_capturing():
+        _deferred.submit(status, rows.shape, logits.shape[1], ignore_index, logits.shape)
     return loss.reshape(()) if one_dim and reduction == 0 else loss
 
 
