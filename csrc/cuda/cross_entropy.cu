@@ -1,0 +1,261 @@
+// The CUDA ops: check the contract (op_common), allocate outputs, launch the torch-free kernels
+// (kernel_api.h) on the current stream. Nothing here waits for the GPU except validate=1 ('sync'):
+// the forward then copies the 6-int64 status to the host and raises what the CPU op would raise.
+// validate=0 ('off') and 2 ('deferred') return the status tensor untouched; the Python layer
+// checks it later. Under CUDA-graph capture 'sync' behaves as 'deferred' (a copy to the host
+// cannot be captured).
+#include <ATen/core/Tensor.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../op_common.h"
+#include "../status.h"
+#include "kernel_api.h"
+
+namespace validated_loss::cuda {
+namespace {
+
+using at::Tensor;
+
+DType dtype_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return DType::kFloat;
+    case at::kDouble:
+      return DType::kDouble;
+    case at::kHalf:
+      return DType::kHalf;
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    default:
+      TORCH_CHECK(false, "validated_loss: unsupported logits dtype ", t);
+  }
+}
+
+View view_of(const Tensor& t) {
+  return View{t.const_data_ptr(), make_row_indexer(make_row_geometry(t))};
+}
+
+MutableView mutable_view_of(Tensor& t) {
+  return MutableView{t.mutable_data_ptr(), make_row_indexer(make_row_geometry(t))};
+}
+
+const void* data_or_null(const Tensor& t) {
+  return t.defined() ? t.const_data_ptr() : nullptr;
+}
+
+// Class weights in the accumulate dtype, and their sum (computed on the device).
+struct Weights {
+  Tensor w;
+  Tensor sum;
+};
+
+Weights weights_of(const std::optional<Tensor>& weight, at::ScalarType acc, cudaStream_t stream) {
+  Weights r;
+  r.w = weights_for_kernel(weight, acc);
+  if (r.w.defined()) {
+    r.sum = at::empty({}, r.w.options());
+    C10_CUDA_CHECK(weight_sum_launch(acc == at::kDouble ? DType::kDouble : DType::kFloat, r.w.const_data_ptr(),
+                                     r.w.numel(), r.sum.mutable_data_ptr(), stream));
+  }
+  return r;
+}
+
+bool capturing(cudaStream_t stream) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
+// validate=1: wait for the status and raise what it describes (the CPU op's exception and message).
+void raise_now(const Tensor& status, cudaStream_t stream, at::IntArrayRef target_sizes, int64_t num_classes,
+               int64_t ignore_index, at::IntArrayRef logits_sizes) {
+  if (capturing(stream)) return;
+  int64_t host[kStatusSize];
+  c10::cuda::memcpy_and_sync(host, status.const_data_ptr(), sizeof(host), cudaMemcpyDeviceToHost, stream);
+  raise_for_status(host, target_sizes, num_classes, ignore_index, logits_sizes);
+}
+
+ForwardArgs forward_args(const Tensor& logits, const View& x, const Weights& w, double label_smoothing,
+                         int64_t reduction, bool check_finite, const Tensor& loss, const Tensor& lse,
+                         const Tensor& workspace, const Tensor& total_weight, const Tensor& status) {
+  ForwardArgs f{};
+  f.dtype = dtype_of(logits.scalar_type());
+  f.x = x;
+  f.weight = data_or_null(w.w);
+  f.weight_sum = data_or_null(w.sum);
+  f.label_smoothing = label_smoothing;
+  f.reduction = reduction;
+  f.check_finite = check_finite;
+  f.loss_rows = reduction == kReductionNone ? loss.data_ptr() : nullptr;
+  f.lse = lse.data_ptr();
+  f.workspace = workspace.data_ptr();
+  f.loss_out = reduction == kReductionNone ? nullptr : loss.data_ptr();
+  f.total_weight_out = total_weight.defined() ? total_weight.data_ptr() : nullptr;
+  f.status = status.data_ptr<int64_t>();
+  return f;
+}
+
+// grad_output as the kernels want it: per row for 'none', else a float64 device scalar.
+struct ScaleHolder {
+  Tensor per_row, scalar, total_weight;
+  GradScaleArgs args;
+};
+
+ScaleHolder grad_scale(const Tensor& grad_loss, int64_t reduction, const Tensor& total_weight, int64_t num_rows,
+                       const Tensor& logits, at::ScalarType acc) {
+  ScaleHolder h;
+  if (reduction == kReductionNone) {
+    TORCH_CHECK(grad_loss.numel() == num_rows, "validated_loss: grad_output must hold one value per row (",
+                num_rows, "), got shape ", grad_loss.sizes());
+    h.per_row = grad_loss.to(logits.device(), acc).contiguous();
+    h.args = GradScaleArgs{h.per_row.const_data_ptr(), nullptr, nullptr, static_cast<double>(num_rows)};
+  } else {
+    TORCH_CHECK(grad_loss.numel() == 1, "validated_loss: grad_output of a reduced loss must be a scalar, got shape ",
+                grad_loss.sizes());
+    h.scalar = grad_loss.to(logits.device(), at::kDouble).contiguous();
+    if (total_weight.defined()) {
+      TORCH_CHECK(total_weight.numel() == 1, "validated_loss: total_weight must be a scalar");
+      h.total_weight = total_weight.to(logits.device(), acc).contiguous();
+    }
+    h.args = GradScaleArgs{nullptr, h.scalar.const_data_ptr(), data_or_null(h.total_weight),
+                           static_cast<double>(num_rows)};
+  }
+  return h;
+}
+
+// The forward's saved {max, log_sum} per row.
+Tensor saved_lse(const Tensor& lse, const Tensor& logits, at::ScalarType acc, int64_t num_rows) {
+  TORCH_CHECK(lse.numel() == 2 * num_rows, "validated_loss: lse must hold {max, log_sum} for each of the ", num_rows,
+              " rows, got shape ", lse.sizes());
+  return lse.to(logits.device(), acc).contiguous();
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& logits, const Tensor& target,
+                                                                  const std::optional<Tensor>& weight,
+                                                                  int64_t reduction, int64_t ignore_index,
+                                                                  double label_smoothing, bool check_finite,
+                                                                  int64_t validate) {
+  check_index_op_args(logits, target, weight, reduction);
+  TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
+              validate);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Tensor target_c = target.contiguous();
+  const Weights w = weights_of(weight, acc, stream);
+  const View x = view_of(logits);
+  const Tensor lse = at::empty({x.ix.num_rows, 2}, logits.options().dtype(acc));
+  const Tensor loss = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options())
+                                                  : at::empty({}, logits.options());
+  const Tensor total_weight = at::empty({}, logits.options().dtype(acc));
+  const Tensor status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
+  const DType dtype = dtype_of(logits.scalar_type());
+  const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix)}, logits.options().dtype(at::kByte));
+  IndexForward a{};
+  a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, loss, lse, workspace, total_weight,
+                     status);
+  a.t = IndexTargetArgs{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
+  C10_CUDA_CHECK(index_forward_launch(a, stream));
+  if (validate == 1) raise_now(status, stream, target.sizes(), x.ix.num_classes, ignore_index, logits.sizes());
+  return {loss, lse, total_weight, status};
+}
+
+Tensor cross_entropy_bwd_cuda(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                              const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                              int64_t reduction, int64_t ignore_index, double label_smoothing) {
+  check_index_op_args(logits, target, weight, reduction);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Tensor target_c = target.contiguous();
+  const Weights w = weights_of(weight, acc, stream);
+  IndexBackward a{};
+  a.dtype = dtype_of(logits.scalar_type());
+  a.x = view_of(logits);
+  const Tensor lse_c = saved_lse(lse, logits, acc, a.x.ix.num_rows);
+  const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight, a.x.ix.num_rows, logits, acc);
+  Tensor grad = at::empty_like(logits);
+  a.t = IndexTargetArgs{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
+  a.weight = data_or_null(w.w);
+  a.weight_sum = data_or_null(w.sum);
+  a.label_smoothing = label_smoothing;
+  a.reduction = reduction;
+  a.lse = lse_c.const_data_ptr();
+  a.scale = scale.args;
+  a.grad = mutable_view_of(grad);
+  C10_CUDA_CHECK(index_backward_launch(a, stream));
+  return grad;
+}
+
+std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& logits, const Tensor& target,
+                                                               const std::optional<Tensor>& weight,
+                                                               int64_t reduction, double label_smoothing,
+                                                               bool check_finite) {
+  check_prob_op_args(logits, target, weight, reduction);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Weights w = weights_of(weight, acc, stream);
+  const View x = view_of(logits);
+  const Tensor lse = at::empty({x.ix.num_rows, 2}, logits.options().dtype(acc));
+  const Tensor loss = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options())
+                                                  : at::empty({}, logits.options());
+  const Tensor status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
+  const DType dtype = dtype_of(logits.scalar_type());
+  const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix)}, logits.options().dtype(at::kByte));
+  ProbForward a{};
+  a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, loss, lse, workspace, Tensor(), status);
+  a.q = view_of(target);
+  C10_CUDA_CHECK(prob_forward_launch(a, stream));
+  // Probability targets have no value to validate; only check_finite can fill the status (the
+  // schema has no validate argument: check_finite=True implies 'sync').
+  if (check_finite) raise_now(status, stream, target.sizes(), x.ix.num_classes, -100, logits.sizes());
+  return {loss, lse, status};
+}
+
+std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cuda(const Tensor& grad_loss, const Tensor& logits,
+                                                       const Tensor& target, const std::optional<Tensor>& weight,
+                                                       const Tensor& lse, int64_t reduction, double label_smoothing,
+                                                       bool target_grad) {
+  check_prob_op_args(logits, target, weight, reduction);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Weights w = weights_of(weight, acc, stream);
+  ProbBackward a{};
+  a.dtype = dtype_of(logits.scalar_type());
+  a.x = view_of(logits);
+  a.q = view_of(target);
+  const Tensor lse_c = saved_lse(lse, logits, acc, a.x.ix.num_rows);
+  // Torch's mean over probability targets divides by the number of rows, never by weights.
+  const ScaleHolder scale = grad_scale(grad_loss, reduction, Tensor(), a.x.ix.num_rows, logits, acc);
+  Tensor grad_x = at::empty_like(logits);
+  Tensor grad_q = target_grad ? at::empty_like(target) : at::empty({0}, logits.options());
+  a.weight = data_or_null(w.w);
+  a.weight_sum = data_or_null(w.sum);
+  a.label_smoothing = label_smoothing;
+  a.reduction = reduction;
+  a.lse = lse_c.const_data_ptr();
+  a.scale = scale.args;
+  a.grad = mutable_view_of(grad_x);
+  a.grad_target = target_grad ? mutable_view_of(grad_q) : MutableView{nullptr, {}};
+  C10_CUDA_CHECK(prob_backward_launch(a, stream));
+  return {grad_x, grad_q};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(validated_loss, CUDA, m) {
+  m.impl("cross_entropy_fwd", &cross_entropy_fwd_cuda);
+  m.impl("cross_entropy_bwd", &cross_entropy_bwd_cuda);
+  m.impl("cross_entropy_prob_fwd", &cross_entropy_prob_fwd_cuda);
+  m.impl("cross_entropy_prob_bwd", &cross_entropy_prob_bwd_cuda);
+}
+
+}  // namespace validated_loss::cuda

@@ -1,0 +1,88 @@
+// The small single-block kernels around the forward: the sum of the class weights (before), and
+// the merge of the forward's per-block totals into the reduced loss, the total weight and the
+// status record (after). One block each, fixed order: the same result on every run and GPU.
+#include <cub/block/block_reduce.cuh>
+
+#include "../status.h"
+#include "../xent_row.h"
+#include "dtypes.cuh"
+#include "kernel_api.h"
+#include "launch_plan.h"
+#include "row_scan.h"
+#include "team_reduce.cuh"
+
+namespace validated_loss::cuda {
+namespace {
+
+template <typename acc_t>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) weight_sum_kernel(const acc_t* w, int64_t num_classes, acc_t* out) {
+  using Reduce = cub::BlockReduce<acc_t, kThreads>;
+  __shared__ typename Reduce::TempStorage storage;
+  acc_t s = acc_t(0);
+  for (int64_t c = threadIdx.x; c < num_classes; c += kThreads) s += w[c];
+  s = Reduce(storage).Sum(s);
+  if (threadIdx.x == 0) out[0] = s;
+}
+
+template <typename T>
+__device__ __forceinline__ T from_double(double v) {
+  if constexpr (std::is_same_v<T, double>) {
+    return v;
+  } else {
+    return from_acc<T>(static_cast<float>(v));
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
+    finalize_kernel(const BlockTotals* partials, int64_t num_blocks, T* loss_out, acc_of<T>* total_weight_out,
+                    int64_t* status, int64_t reduction, bool mean_over_rows, double num_rows) {
+  __shared__ typename TotalsReduce::TempStorage storage;
+  BlockTotals t = totals_empty();
+  for (int64_t b = threadIdx.x; b < num_blocks; b += kThreads) t = totals_merge(t, partials[b]);
+  t = TotalsReduce(storage).Reduce(t, MergeTotals());
+  if (threadIdx.x != 0) return;
+  if (loss_out) {
+    const double divisor = mean_over_rows ? num_rows : t.total_weight;
+    *loss_out = from_double<T>(reduction == kReductionMean ? mean_loss(t.loss_sum, divisor) : t.loss_sum);
+  }
+  if (total_weight_out) *total_weight_out = static_cast<acc_of<T>>(t.total_weight);
+  status[kStatusInvalidPosition] = t.invalid.position;
+  status[kStatusInvalidValue] = t.invalid.value;
+  status[kStatusInvalidCount] = t.invalid.count;
+  status[kStatusNonFiniteRow] = t.nonfinite_row;
+  status[kStatusNonFiniteClass] = t.nonfinite_class;
+  status[kStatusNonFiniteCount] = t.nonfinite_count;
+}
+
+}  // namespace
+
+int64_t forward_workspace_bytes(DType dtype, const RowIndexer& x) {
+  const LaunchPlan plan = plan_for(x, elem_bytes(dtype));
+  return (plan.grid > 0 ? plan.grid : 1) * static_cast<int64_t>(sizeof(BlockTotals));
+}
+
+cudaError_t weight_sum_launch(DType dtype, const void* w, int64_t num_classes, void* out, cudaStream_t stream) {
+  if (dtype == DType::kDouble) {
+    weight_sum_kernel<double><<<1, kThreads, 0, stream>>>(static_cast<const double*>(w), num_classes,
+                                                           static_cast<double*>(out));
+  } else {
+    weight_sum_kernel<float><<<1, kThreads, 0, stream>>>(static_cast<const float*>(w), num_classes,
+                                                         static_cast<float*>(out));
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t finalize_launch(const ForwardArgs& f, int64_t num_blocks, bool mean_over_rows, int64_t num_rows,
+                            cudaStream_t stream) {
+  return dispatch_dtype(f.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    finalize_kernel<T><<<1, kThreads, 0, stream>>>(
+        static_cast<const BlockTotals*>(f.workspace), num_blocks, static_cast<T*>(f.loss_out),
+        static_cast<acc_of<T>*>(f.total_weight_out), f.status, f.reduction, mean_over_rows,
+        static_cast<double>(num_rows));
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace validated_loss::cuda
