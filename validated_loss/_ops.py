@@ -93,6 +93,7 @@ def _second_order(ctx_inputs, grads_out, build):
 def _fwd_setup(ctx, inputs, output):
     logits, target, weight, reduction, ignore_index, label_smoothing = inputs[:6]
     _, lse, total_weight, _ = output
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for lse, total_weight and status
     ctx.save_for_backward(logits, target, weight, lse, total_weight)
     ctx.args = (reduction, ignore_index, label_smoothing)
 
@@ -104,7 +105,7 @@ def _fwd_backward(ctx, grad_loss, grad_lse, grad_total_weight, grad_status):
         _deferred.check_pending()
     logits, target, weight, lse, total_weight = ctx.saved_tensors
     grad = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and grad_loss is not None:
         grad = ops.cross_entropy_bwd(grad_loss, logits, target, weight, lse, total_weight, *ctx.args)
     return grad, None, None, None, None, None, None, None
 
@@ -128,6 +129,7 @@ def _bwd_backward(ctx, grad_grad):
 
 def _prob_fwd_setup(ctx, inputs, output):
     logits, target, weight, reduction, label_smoothing = inputs[:5]
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(logits, target, weight, output[1])
     ctx.args = (reduction, label_smoothing)
 
@@ -136,6 +138,8 @@ def _prob_fwd_backward(ctx, grad_loss, grad_lse, grad_status):
     logits, target, weight, lse = ctx.saved_tensors
     reduction, label_smoothing = ctx.args
     grad_x = grad_q = grad_w = None
+    if grad_loss is None:
+        return None, None, None, None, None, None
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
         grad_x, grad_q = ops.cross_entropy_prob_bwd(grad_loss, logits, target, weight, lse, reduction,
                                                     label_smoothing, ctx.needs_input_grad[1])
