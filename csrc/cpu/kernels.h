@@ -140,6 +140,12 @@ acc_t chunk_max(const acc_t* x, int64_t n) {
   return m;
 }
 
+// x - x is 0 for every finite x and NaN for NaN and +-inf.
+template <typename acc_t>
+bool is_finite(acc_t x) {
+  return x - x == acc_t(0);
+}
+
 // Smallest element, only asked for by check_finite (a -inf logit does not show in the max).
 template <typename acc_t>
 acc_t chunk_min(const acc_t* x, int64_t n) {
@@ -294,9 +300,9 @@ RowScan<acc_t> scan_row(const scalar_t* x_row, int64_t x_stride, const scalar_t*
     const acc_t* xs = load_chunk(x_row, x_stride, c0, n, xbuf);
     const acc_t m = chunk_max(xs, n);
     if (m != -INFINITY) scan.lse = lse_combine(scan.lse, LseState<acc_t>{m, chunk_sum_exp(xs, n, m)});
-    if (check_finite && scan.nonfinite_class < 0 && !(m - m == 0 && chunk_min(xs, n) - m <= 0)) {
+    if (check_finite && scan.nonfinite_class < 0 && !(m - m == 0 && is_finite(chunk_min(xs, n)))) {
       for (int64_t c = 0; c < n; ++c) {
-        if (!(xs[c] - xs[c] == 0)) {
+        if (!is_finite(xs[c])) {
           scan.nonfinite_class = c0 + c;
           break;
         }
@@ -440,7 +446,7 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
                                         RowSums<acc_t>& sums, ForwardTotals& p) {
           if (out.check_finite) {
             int64_t bad = -1;
-            for (int64_t c = 0; c < C && bad < 0; ++c) bad = (buf[c * L + l] - buf[c * L + l] == 0) ? -1 : c;
+            for (int64_t c = 0; c < C && bad < 0; ++c) bad = is_finite(buf[c * L + l]) ? -1 : c;
             note_nonfinite(p, first + l, bad);
           }
           lse_r = RowLse<acc_t>{max[l], log_sum[l]};
