@@ -9,7 +9,9 @@ from .diagnostics import *  # noqa: F401,F403  (exception classes, check_batch)
 from .diagnostics import __all__ as _diagnostics_all
 from .functional import cross_entropy
 from .loss import CrossEntropyLoss
+from . import data  # check_loader
+from .patching import patch, patched, unpatch
 
 __version__ = "0.1.0"
 
-__all__ = ["CrossEntropyLoss", "cross_entropy", *_diagnostics_all]
+__all__ = ["CrossEntropyLoss", "cross_entropy", "patch", "unpatch", "patched", *_diagnostics_all]

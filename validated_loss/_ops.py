@@ -16,6 +16,10 @@ ops = torch.ops.validated_loss
 
 REDUCTION_NAMES = {0: "none", 1: "mean", 2: "sum"}
 
+# torch's own F.cross_entropy, captured at import: validated_loss.patch() replaces the attribute on
+# torch.nn.functional with ours, and the paths below that want torch's composite must not reach it.
+torch_cross_entropy = F.cross_entropy
+
 
 def accumulate_dtype(dtype):
     """float64 logits accumulate in float64, all others in float32 (as the kernels do)."""
@@ -71,8 +75,8 @@ def _raise_fake(status, target_shape, num_classes, ignore_index, logits_shape):
 
 def _torch_first_order(logits, target, weight, reduction, ignore_index, label_smoothing, grad_loss):
     """torch's d loss / d (logits, target) as a differentiable graph (for second order)."""
-    loss = F.cross_entropy(logits, target, weight, ignore_index=ignore_index,
-                           reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
+    loss = torch_cross_entropy(logits, target, weight, ignore_index=ignore_index,
+                               reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
     wrt = [logits] + ([target] if target.requires_grad else [])
     return torch.autograd.grad(loss, wrt, grad_loss, create_graph=True)
 
@@ -149,8 +153,8 @@ def _prob_fwd_backward(ctx, grad_loss, grad_lse, grad_status):
         # enough that torch's composite computes it.
         with torch.enable_grad():
             w = weight.detach().requires_grad_()
-            loss = F.cross_entropy(logits.detach(), target.detach(), w, reduction=REDUCTION_NAMES[reduction],
-                                   label_smoothing=label_smoothing)
+            loss = torch_cross_entropy(logits.detach(), target.detach(), w,
+                                       reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
             (grad_w,) = torch.autograd.grad(loss, w, grad_loss)
     return grad_x, grad_q, grad_w, None, None, None
 
@@ -184,7 +188,7 @@ torch.library.register_autograd("validated_loss::cross_entropy_prob_bwd", _prob_
 
 
 def _devices_with_kernels():
-    keys = {"cpu": "CPU", "cuda": "CUDA"}
+    keys = {"cpu": "CPU", "cuda": "CUDA", "meta": "Meta"}  # Meta: the fake kernels (shapes only)
     return frozenset(device for device, key in keys.items()
                      if torch._C._dispatch_has_kernel_for_dispatch_key("validated_loss::cross_entropy_fwd", key))
 
