@@ -1,6 +1,7 @@
 #include "op_common.h"
 
 #include <algorithm>
+#include <cmath>
 #include <sstream>
 
 #include <ATen/ops/empty.h>
@@ -61,6 +62,20 @@ void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
   TORCH_CHECK(target.device() == logits.device(), "validated_loss: target is on ", target.device(),
               ", logits on ", logits.device());
   check_weight(weight, logits);
+}
+
+void check_llm_options(double lse_square_scale, double softcap) {
+  TORCH_CHECK(std::isfinite(lse_square_scale), "validated_loss: lse_square_scale must be finite, got ",
+              lse_square_scale);
+  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0, "validated_loss: softcap must be 0 (none) or positive, got ",
+              softcap);
+}
+
+void check_rows_tensor(const std::optional<at::Tensor>& t, int64_t num_rows, const char* name) {
+  if (!t.has_value() || !t->defined()) return;
+  TORCH_CHECK(t->numel() == num_rows, "validated_loss: ", name, " must hold one value per row (", num_rows,
+              "), got shape ", t->sizes());
+  TORCH_CHECK(t->is_floating_point(), "validated_loss: ", name, " must be floating point, got ", t->scalar_type());
 }
 
 std::vector<int64_t> rows_shape(const at::Tensor& logits) {

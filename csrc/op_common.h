@@ -23,6 +23,12 @@ void check_index_op_args(const at::Tensor& logits, const at::Tensor& target,
 void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
                         const std::optional<at::Tensor>& weight, int64_t reduction);
 
+// z-loss scale finite; softcap 0 (none) or positive and finite.
+void check_llm_options(double lse_square_scale, double softcap);
+
+// An optional per-row tensor (grad_lse) holds one value per row, on the logits' device.
+void check_rows_tensor(const std::optional<at::Tensor>& t, int64_t num_rows, const char* name);
+
 RowGeometry make_row_geometry(const at::Tensor& logits);
 
 // Shape of a 'none' loss: the logits' shape without the class dimension.

@@ -12,6 +12,10 @@
 //   status      int64[6]: first invalid target (flat position, value), invalid count, first
 //               non-finite logit (row, class), non-finite count; -1 positions when none.
 //   validate    0 off, 1 sync, 2 deferred (CUDA; the CPU always raises at once).
+//   lse_square_scale  z-loss: + scale * lse^2 per counted row, inside the reduction (0: none).
+//   softcap     logits replaced by softcap * tanh(x / softcap) before the softmax (0: none).
+//               Both are class-index options (xent_row.h says how they enter loss and gradient).
+//   grad_lse    the gradient of each row's lse (max + log_sum), when the caller returns it.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -25,12 +29,21 @@ extern "C" PyObject* PyInit__C(void) {
 TORCH_LIBRARY(validated_loss, m) {
   m.def(
       "cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int reduction, "
-      "int ignore_index, float label_smoothing, bool check_finite=False, int validate=1) "
+      "int ignore_index, float label_smoothing, bool check_finite=False, int validate=1, "
+      "float lse_square_scale=0., float softcap=0.) "
       "-> (Tensor loss, Tensor lse, Tensor total_weight, Tensor status)");
   m.def(
       "cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
-      "Tensor lse, Tensor total_weight, int reduction, int ignore_index, float label_smoothing) "
-      "-> Tensor");
+      "Tensor lse, Tensor total_weight, int reduction, int ignore_index, float label_smoothing, "
+      "float lse_square_scale=0., float softcap=0., Tensor? grad_lse=None) -> Tensor");
+  // The chunk step of linear_cross_entropy: forward and gradient in one pass, the gradient of
+  // sum_r grad_loss_r * loss_r + grad_lse_r * lse_r (grad_loss None: 1) written over the logits.
+  // reduction 0 ('none': per-row losses, logits' dtype) or 2 ('sum': accumulate dtype).
+  m.def(
+      "cross_entropy_fwd_grad(Tensor(a!) logits, Tensor target, Tensor? weight, int reduction, "
+      "int ignore_index, float label_smoothing, float lse_square_scale, float softcap, "
+      "Tensor? grad_loss, Tensor? grad_lse, bool check_finite=False, int validate=1) "
+      "-> (Tensor loss, Tensor lse, Tensor total_weight, Tensor status)");
   m.def(
       "cross_entropy_prob_fwd(Tensor logits, Tensor target, Tensor? weight, int reduction, "
       "float label_smoothing, bool check_finite=False) -> (Tensor loss, Tensor lse, Tensor status)");

@@ -150,12 +150,15 @@ XENT_HD RowSums<acc_t> row_sums_element(acc_t x, acc_t w, acc_t q, acc_t ref) {
   return {w * d, w * q, w * q * d};
 }
 
-// Per-call constants of the loss (the same for every row).
+// Per-call constants of the loss (the same for every row). The last two are the LLM-training
+// options (zero when unused, so an aggregate initialiser that omits them turns them off).
 template <typename acc_t>
 struct LossConstants {
   int64_t num_classes;
   acc_t smoothing;   // eps; <= 0 or NaN means none (torch tests eps > 0)
   acc_t sum_weight;  // sum_c w_c (C without a weight)
+  acc_t z_scale;     // z-loss: + z_scale * lse^2 per counted row; 0 means none
+  acc_t softcap;     // logits capped to softcap * tanh(x / softcap) first; <= 0 means none
 };
 
 template <typename acc_t>
@@ -173,6 +176,44 @@ XENT_HD acc_t target_share(const LossConstants<acc_t>& k) {
   return has_smoothing(k) ? acc_t(1) - k.smoothing : acc_t(1);
 }
 
+// ---- Logit softcapping (Gemma 2): every logit x is replaced by cap * tanh(x / cap) before the
+// softmax, so lse, the target logit and the smoothing sums all see capped values; the gradient
+// of a capped logit is multiplied by d capped / d x = 1 - tanh^2 (softcap_slope).
+
+template <typename acc_t>
+XENT_HD bool has_softcap(const LossConstants<acc_t>& k) {
+  return k.softcap > acc_t(0);
+}
+
+template <typename acc_t>
+XENT_HD acc_t softcap_logit(acc_t x, acc_t cap) {
+  return cap * std::tanh(x / cap);
+}
+
+// d capped / d x, from the capped value itself (tanh = capped / cap).
+template <typename acc_t>
+XENT_HD acc_t softcap_slope(acc_t capped, acc_t cap) {
+  const acc_t t = capped / cap;
+  return acc_t(1) - t * t;
+}
+
+// A logit as the loss sees it: capped when the call asks for it.
+template <typename acc_t>
+XENT_HD acc_t loss_logit(const LossConstants<acc_t>& k, acc_t x) {
+  return has_softcap(k) ? softcap_logit(x, k.softcap) : x;
+}
+
+// ---- z-loss (PaLM): z_scale * lse^2 added to every counted row (valid target; ignored rows add
+// nothing), unweighted by the class weights, and summed with the cross-entropy before the
+// reduction: 'mean' divides the total by the same total weight. Without class weights that is
+// Liger's and flash-attn's definition (sum over non-ignored rows / their count).
+
+template <typename acc_t>
+XENT_HD acc_t z_loss(const LossConstants<acc_t>& k, RowLse<acc_t> lse) {
+  const acc_t v = lse_value(lse);
+  return k.z_scale * v * v;
+}
+
 // Loss of a row with a valid class-index target y (x_y its logit, w_y its weight).
 // The smoothing term is only formed when eps > 0: an untouched -inf logit must not turn 0 * inf
 // into NaN when torch would not compute that term at all.
@@ -181,6 +222,7 @@ XENT_HD acc_t index_row_loss(const LossConstants<acc_t>& k, RowLse<acc_t> lse, a
                              acc_t w_target, RowSums<acc_t> sums) {
   acc_t loss = target_share(k) * w_target * lse_minus(lse, x_target);
   if (has_smoothing(k)) loss += smoothing_per_class(k) * (k.sum_weight * lse_minus(lse, ref) - sums.swd);
+  if (k.z_scale != acc_t(0)) loss += z_loss(k, lse);
   return loss;
 }
 
@@ -208,11 +250,24 @@ XENT_HD acc_t prob_row_mass(const LossConstants<acc_t>& k, acc_t swq) {
   return target_share(k) * swq + smoothing_per_class(k) * k.sum_weight;
 }
 
-// Gradient of one logit: k * (S * softmax(x) - a_c). Ignored and invalid rows never get here:
-// their gradient is exactly zero.
+// Gradient of one logit: k * (S * softmax(x) - a_c) + extra * softmax(x), extra from
+// softmax_extra (0 without z-loss or an lse gradient, which then adds exactly nothing). Ignored
+// and invalid rows never get here: their gradient is exactly zero.
 template <typename acc_t>
-XENT_HD acc_t grad_element(acc_t scale, acc_t mass, acc_t x, RowLse<acc_t> lse, acc_t target_mass) {
-  return scale * (mass * std::exp(log_prob(x, lse)) - target_mass);
+XENT_HD acc_t grad_element(acc_t scale, acc_t mass, acc_t x, RowLse<acc_t> lse, acc_t target_mass,
+                           acc_t extra = acc_t(0)) {
+  const acc_t p = std::exp(log_prob(x, lse));
+  return scale * (mass * p - target_mass) + extra * p;
+}
+
+// The softmax coefficient a row's gradient gains besides k * S: z-loss's d(z lse^2)/dx_c =
+// 2 z lse softmax_c (times the reduction scale k, like the rest of the loss), and the gradient
+// flowing into the row's returned lse (d lse / dx_c = softmax_c).
+template <typename acc_t>
+XENT_HD acc_t softmax_extra(const LossConstants<acc_t>& k, acc_t scale, RowLse<acc_t> lse, acc_t lse_grad) {
+  acc_t extra = lse_grad;
+  if (k.z_scale != acc_t(0)) extra += scale * (acc_t(2) * k.z_scale * lse_value(lse));
+  return extra;
 }
 
 // a_c of a class-index row: the smoothing share of every class, plus (1 - eps) w_y on the target.

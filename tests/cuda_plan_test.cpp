@@ -543,10 +543,10 @@ static void test_scan_math() {
           CHECK(st.bad_class == bad, "C=%" PRId64 ": bad class %" PRId64 " vs %" PRId64, C, st.bad_class, bad);
         }
         // The per-row loss the forward kernel forms from the combined state.
-        const LossConstants<float> k{C, 0.1f, 0};
+        const LossConstants<float> k{C, 0.1f, 0, 0, 0};
         float sum_w = 0;
         for (float v : wf) sum_w += v;
-        const LossConstants<float> kw{C, 0.1f, sum_w};
+        const LossConstants<float> kw{C, 0.1f, sum_w, 0, 0};
         const int64_t y = C / 3;
         const float loss = index_row_loss(kw, row_lse(st.lse), ref, static_cast<float>(xs[y]), wf[y], st.sums);
         if (!(with_bad && bad >= 0)) {
@@ -592,6 +592,13 @@ static bool close(double got, double want, double rtol, double atol) {
   return std::fabs(got - want) <= rtol * std::fabs(want) + atol;
 }
 
+// z-loss scale, softcap (0: none), gradient of the row's returned lse.
+struct LlmCase {
+  float z;
+  float cap;
+  float lse_grad;
+};
+
 static void test_index_rows() {
   std::mt19937_64 rng(5);
   std::normal_distribution<double> normal(0.0, 2.0);
@@ -610,71 +617,80 @@ static void test_index_rows() {
       float sum_w = 0;
       for (float v : wf) sum_w += v;
       const float* w = rc.weighted ? wf.data() : nullptr;
-      const LossConstants<float> k{C, static_cast<float>(rc.eps), rc.weighted ? sum_w : static_cast<float>(C)};
-      const ScanOptions o{has_smoothing(k), has_smoothing(k), false};
-      for (int64_t y : {int64_t(0), C - 1, C / 2, ignore_index, C, int64_t(-1)}) {
-        const TargetKind kind = classify_target(y, C, ignore_index);
-        BlockTotals totals = totals_empty();
-        float ref;
-        LaunchPlan p;
-        RowSpan span;
-        // As the kernel: a row whose target is not valid is not read (empty span).
-        const std::vector<double> xs = kind == kTargetValid ? x : std::vector<double>();
-        const LaneState<float> st = team_scan(xs, nullptr, w, rc.mis, o, ref, p, span);
-        const float x_y = kind == kTargetValid ? static_cast<float>(x[y]) : 0.0f;
-        const float w_y = (kind == kTargetValid && w) ? w[y] : 1.0f;
-        const RowOut<float> out = index_row_finish(k, 7, kind, y, x_y, w_y, ref, st, totals);
-        rows += 1;
-        if (kind == kTargetInvalid) {
-          CHECK(std::isnan(out.loss) && std::isnan(out.lse.max) && std::isnan(out.lse.log_sum), "invalid row: NaN");
-          CHECK(totals.invalid.position == 7 && totals.invalid.value == y && totals.invalid.count == 1, "invalid row");
-          CHECK(std::isnan(totals.loss_sum) && totals.total_weight == 0, "invalid row: totals");
-          continue;
-        }
-        if (kind == kTargetIgnored) {
-          CHECK(out.loss == 0 && out.lse.max == 0 && out.lse.log_sum == 0, "ignored row: zeros");
-          CHECK(totals.invalid.count == 0 && totals.loss_sum == 0 && totals.total_weight == 0, "ignored row: totals");
-          continue;
-        }
-        // Reference loss (float64, from the definition).
-        double m = -INFINITY, se = 0;
-        for (double v : x) m = std::max(m, v);
-        for (double v : x) se += std::exp(v - m);
-        const double lse = m + std::log(se);
-        double loss = (1 - rc.eps) * w_y * (lse - x[y]);
-        for (int64_t c = 0; c < C; ++c) loss += rc.eps / C * wf[c] * (lse - x[c]);
-        CHECK(close(out.loss, loss, 1e-5, 1e-5), "C=%" PRId64 " y=%" PRId64 " eps=%g: loss %.8g vs %.8g", C, y, rc.eps,
-              out.loss, loss);
-        CHECK(close(lse_value(out.lse), lse, 1e-6, 1e-6), "C=%" PRId64 ": lse", C);
-        CHECK(totals.total_weight == w_y && totals.invalid.count == 0, "valid row: totals");
-        // Gradient, every lane, against d loss / d x_c = scale * (share w_y (p_c - [c == y])
-        //                                                         + eps/C (sum_w p_c - w_c)).
-        const float scale = 0.37f;
-        const IndexGradRow<float> g = index_grad_row(k, w, y, scale, out.lse);
-        std::vector<double> grad(C, NAN);
-        std::vector<int> written(C, 0);
-        for (int l = 0; l < p.team; ++l)
-          for_each_unit(
-              span, l, p.team,
-              [&](int64_t c) {
-                grad[c] = g(c, static_cast<float>(x[c]));
-                written[c] += 1;
-              },
-              [&](int64_t c0) {
-                for (int j = 0; j < 4; ++j) {
-                  grad[c0 + j] = g(c0 + j, static_cast<float>(x[c0 + j]));
-                  written[c0 + j] += 1;
-                }
-              });
-        double sum_wd = 0;
-        for (float v : wf) sum_wd += v;
-        for (int64_t c = 0; c < C; ++c) {
-          const double pc = std::exp(x[c] - lse);
-          const double want =
-              scale * ((1 - rc.eps) * w_y * (pc - (c == y)) + rc.eps / C * (sum_wd * pc - wf[c]));
-          CHECK(written[c] == 1, "grad element written %d times", written[c]);
-          CHECK(close(grad[c], want, 1e-4, 1e-7), "C=%" PRId64 " y=%" PRId64 " c=%" PRId64 ": grad %.8g vs %.8g", C, y,
-                c, grad[c], want);
+      // The LLM options: none; z-loss and an lse gradient; both with a softcap (the kernel's loader
+      // caps each logit as it reads it: the scan below is given capped values, the gradient the raw
+      // ones, which IndexGradRow caps itself).
+      for (const LlmCase& lc : {LlmCase{0, 0, 0}, LlmCase{0.01f, 0, 0.3f}, LlmCase{0.02f, 60.0f, -0.2f}}) {
+        const LossConstants<float> k{C, static_cast<float>(rc.eps), rc.weighted ? sum_w : static_cast<float>(C), lc.z,
+                                     lc.cap};
+        const ScanOptions o{has_smoothing(k), has_smoothing(k), false};
+        std::vector<double> xc(C);  // the logits as the loss sees them, computed as the loader does
+        for (int64_t c = 0; c < C; ++c) xc[c] = loss_logit(k, static_cast<float>(x[c]));
+        for (int64_t y : {int64_t(0), C - 1, C / 2, ignore_index, C, int64_t(-1)}) {
+          const TargetKind kind = classify_target(y, C, ignore_index);
+          BlockTotals totals = totals_empty();
+          float ref;
+          LaunchPlan p;
+          RowSpan span;
+          // As the kernel: a row whose target is not valid is not read (empty span).
+          const std::vector<double> xs = kind == kTargetValid ? xc : std::vector<double>();
+          const LaneState<float> st = team_scan(xs, nullptr, w, rc.mis, o, ref, p, span);
+          const float x_y = kind == kTargetValid ? static_cast<float>(xc[y]) : 0.0f;
+          const float w_y = (kind == kTargetValid && w) ? w[y] : 1.0f;
+          const RowOut<float> out = index_row_finish(k, 7, kind, y, x_y, w_y, ref, st, totals);
+          rows += 1;
+          if (kind == kTargetInvalid) {
+            CHECK(std::isnan(out.loss) && std::isnan(out.lse.max) && std::isnan(out.lse.log_sum), "invalid row: NaN");
+            CHECK(totals.invalid.position == 7 && totals.invalid.value == y && totals.invalid.count == 1, "invalid row");
+            CHECK(std::isnan(totals.loss_sum) && totals.total_weight == 0, "invalid row: totals");
+            continue;
+          }
+          if (kind == kTargetIgnored) {
+            CHECK(out.loss == 0 && out.lse.max == 0 && out.lse.log_sum == 0, "ignored row: zeros");
+            CHECK(totals.invalid.count == 0 && totals.loss_sum == 0 && totals.total_weight == 0, "ignored row: totals");
+            continue;
+          }
+          // Reference loss (float64, from the definition, on the capped logits).
+          double m = -INFINITY, se = 0;
+          for (double v : xc) m = std::max(m, v);
+          for (double v : xc) se += std::exp(v - m);
+          const double lse = m + std::log(se);
+          double loss = (1 - rc.eps) * w_y * (lse - xc[y]) + lc.z * lse * lse;
+          for (int64_t c = 0; c < C; ++c) loss += rc.eps / C * wf[c] * (lse - xc[c]);
+          CHECK(close(out.loss, loss, 1e-5, 1e-5), "C=%" PRId64 " y=%" PRId64 " eps=%g z=%g cap=%g: loss %.8g vs %.8g", C,
+                y, rc.eps, lc.z, lc.cap, out.loss, loss);
+          CHECK(close(lse_value(out.lse), lse, 1e-6, 1e-6), "C=%" PRId64 ": lse", C);
+          CHECK(totals.total_weight == w_y && totals.invalid.count == 0, "valid row: totals");
+          // Gradient, every lane, against d loss / d x_c = (scale * (share w_y (p_c - [c == y])
+          //     + eps/C (sum_w p_c - w_c) + 2 z lse p_c) + lse_grad p_c) * (1 - (capped_c / cap)^2).
+          const float scale = 0.37f;
+          const IndexGradRow<float> g = index_grad_row(k, w, y, scale, out.lse, lc.lse_grad);
+          std::vector<double> grad(C, NAN);
+          std::vector<int> written(C, 0);
+          for (int l = 0; l < p.team; ++l)
+            for_each_unit(
+                span, l, p.team,
+                [&](int64_t c) {
+                  grad[c] = g(c, static_cast<float>(x[c]));
+                  written[c] += 1;
+                },
+                [&](int64_t c0) {
+                  for (int j = 0; j < 4; ++j) {
+                    grad[c0 + j] = g(c0 + j, static_cast<float>(x[c0 + j]));
+                    written[c0 + j] += 1;
+                  }
+                });
+          double sum_wd = 0;
+          for (float v : wf) sum_wd += v;
+          for (int64_t c = 0; c < C; ++c) {
+            const double pc = std::exp(xc[c] - lse);
+            const double slope = lc.cap > 0 ? 1 - (xc[c] / lc.cap) * (xc[c] / lc.cap) : 1.0;
+            const double want = slope * (scale * ((1 - rc.eps) * w_y * (pc - (c == y)) + rc.eps / C * (sum_wd * pc - wf[c])
+                                                  + 2 * lc.z * lse * pc) + lc.lse_grad * pc);
+            CHECK(written[c] == 1, "grad element written %d times", written[c]);
+            CHECK(close(grad[c], want, 1e-4, 1e-7), "C=%" PRId64 " y=%" PRId64 " c=%" PRId64 ": grad %.8g vs %.8g", C, y,
+                  c, grad[c], want);
+          }
         }
       }
     }
@@ -699,7 +715,7 @@ static void test_prob_rows() {
       float sum_w = 0;
       for (float v : wf) sum_w += v;
       const float* w = rc.weighted ? wf.data() : nullptr;
-      const LossConstants<float> k{C, static_cast<float>(rc.eps), rc.weighted ? sum_w : static_cast<float>(C)};
+      const LossConstants<float> k{C, static_cast<float>(rc.eps), rc.weighted ? sum_w : static_cast<float>(C), 0, 0};
       const ScanOptions o{true, has_smoothing(k), true};
       BlockTotals totals = totals_empty();
       float ref;

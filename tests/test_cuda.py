@@ -314,3 +314,58 @@ def test_n_times_c_past_int32():
     del x
     torch.cuda.empty_cache()
     assert math.isfinite(loss.float().sum().item())
+
+
+# --------------------------------------------------------------------------- LLM options, linear head
+
+
+@pytest.mark.parametrize("shape", ["tiny", "c1000", "c32771"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_llm_options_match_cpu(shape, reduction):
+    """z-loss, softcap and return_lse: the CUDA kernels give the CPU kernels' loss, lse and gradient."""
+    n, c, _ = SHAPES[shape]
+    x = torch.randn(n, c, generator=seeded(1)) * 4
+    t = torch.randint(0, c, (n,), generator=seeded(2))
+    t[::3] = -100
+    w = torch.rand(c, generator=seeded(3)) + 0.5
+    kw = dict(weight=w, reduction=reduction, label_smoothing=0.1, lse_square_scale=0.01, softcap=5.0,
+              return_lse=True)
+    out = []
+    for device in ("cpu", DEV):
+        xd = x.to(device).requires_grad_()
+        loss, lse = vl.cross_entropy(xd, t.to(device), **{**kw, "weight": w.to(device)})
+        (loss.sum() + 0.5 * lse.sum()).backward()
+        out.append((loss.detach().cpu(), lse.detach().cpu(), xd.grad.cpu()))
+    for a, b in zip(*out):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_linear_cross_entropy_matches_cpu(reduction, dtype):
+    """The chunked linear head on CUDA (the fused op: forward, then the backward kernel in place)."""
+    x = torch.randn(300, 64, generator=seeded(4))
+    W = torch.randn(5000, 64, generator=seeded(5)) * 0.1
+    b = torch.randn(5000, generator=seeded(6))
+    t = torch.randint(0, 5000, (300,), generator=seeded(7))
+    t[::7] = -100
+    out = []
+    for device in ("cpu", DEV):
+        leaves = [v.to(device, dtype).requires_grad_() for v in (x, W, b)]
+        loss = vl.linear_cross_entropy(leaves[0], leaves[1], t.to(device), linear_bias=leaves[2],
+                                       reduction=reduction, chunk_size=64, softcap=20.0, lse_square_scale=1e-3)
+        loss.sum().backward()
+        out.append([loss.detach().float().cpu()] + [v.grad.float().cpu() for v in leaves])
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-4, atol=1e-5)
+    for a, g in zip(*out):
+        torch.testing.assert_close(g, a, **tol)
+
+
+def test_linear_cross_entropy_bad_target_position():
+    x = torch.randn(50, 8, device=DEV)
+    W = torch.randn(20, 8, device=DEV)
+    t = torch.randint(0, 20, (50,), device=DEV)
+    t[41] = 20
+    with pytest.raises(vl.TargetOutOfRangeError) as error:
+        vl.linear_cross_entropy(x, W, t, chunk_size=8)
+    assert error.value.position == (41,)

@@ -143,7 +143,8 @@ def test_gradcheck_would_fail_on_a_wrong_gradient():
 
 # --------------------------------------------------------------------------- opcheck
 
-OPS = ("cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_prob_fwd", "cross_entropy_prob_bwd")
+OPS = ("cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_prob_fwd", "cross_entropy_prob_bwd",
+       "cross_entropy_fwd_grad")
 
 
 class _Spy(TorchDispatchMode):
@@ -173,7 +174,7 @@ def _copy(a):
 # What requires grad in an opcheck sample: the differentiable floating arguments.
 _DIFFERENTIABLE = {
     "cross_entropy_fwd": {"logits"},
-    "cross_entropy_bwd": {"grad_loss", "logits"},
+    "cross_entropy_bwd": {"grad_loss", "logits", "grad_lse"},
     "cross_entropy_prob_fwd": {"logits", "target", "weight"},
     "cross_entropy_prob_bwd": {"grad_loss", "logits", "target"},
 }
@@ -206,7 +207,27 @@ def _public_calls():
         out.append((x, t, dict(weight=w, ignore_index=1, reduction=red, label_smoothing=ls)))
         out.append((x, t, dict(reduction=red)))
         out.append((x, q, dict(weight=w if ls else None, reduction=red, label_smoothing=ls)))
+    # The LLM options (z-loss, softcap, a gradient flowing into the returned lse) reach the ops too.
+    x = torch.randn(6, C, generator=g, dtype=torch.float64)
+    t = torch.randint(0, C, (6,), generator=g)
+    t[::3] = 1
+    out.append((x, t, dict(ignore_index=1, reduction="none", lse_square_scale=0.1, softcap=2.0, return_lse=True)))
+    out.append((x.float(), t, dict(label_smoothing=0.1, lse_square_scale=0.05, softcap=3.0)))
     return out
+
+
+def _public_linear_calls():
+    """linear_cross_entropy calls: its chunk step (cross_entropy_fwd_grad) in 'sum' and 'none'."""
+    g = gen(12)
+    x = torch.randn(7, 4, generator=g, dtype=torch.float64)
+    W = torch.randn(C, 4, generator=g, dtype=torch.float64)
+    t = torch.randint(0, C, (7,), generator=g)
+    t[::3] = 1
+    return [
+        (x, W, t, dict(chunk_size=3, ignore_index=1, label_smoothing=0.1)),
+        (x.float(), W.float(), t, dict(chunk_size=4, reduction="none", softcap=2.0, lse_square_scale=0.1)),
+        (x.bfloat16(), W.bfloat16(), t, dict(reduction="sum", return_lse=True)),
+    ]
 
 
 def _samples():
@@ -217,8 +238,17 @@ def _samples():
             xl = x.detach().requires_grad_()
             tl = t.detach().requires_grad_(i % 2 == 0) if t.is_floating_point() else t  # target_grad both ways
             loss = vl.cross_entropy(xl, tl, **kw)
+            loss, lse = loss if isinstance(loss, tuple) else (loss, None)
             go = torch.ones_like(loss) if loss.dim() else torch.tensor(1.5, dtype=loss.dtype)
-            loss.backward(go)
+            if lse is None:
+                loss.backward(go)
+            else:
+                torch.autograd.backward([loss, lse], [go, torch.full_like(lse, 0.5)])
+        for x, W, t, kw in _public_linear_calls():
+            out = vl.linear_cross_entropy(x.detach().requires_grad_(), W.detach().requires_grad_(), t, **kw)
+            loss, lse = out if isinstance(out, tuple) else (out, None)
+            torch.autograd.backward([loss] + ([lse] if lse is not None else []),
+                                    [torch.ones_like(loss)] + ([torch.full_like(lse, 0.5)] if lse is not None else []))
     for func, args, kwargs in spy.calls:
         name = func._schema.name.split("::")[1]
         schema_args = func._schema.arguments

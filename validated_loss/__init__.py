@@ -8,10 +8,11 @@ from . import _ops  # noqa: F401  (registers the ops, their fake kernels and aut
 from .diagnostics import *  # noqa: F401,F403  (exception classes, check_batch)
 from .diagnostics import __all__ as _diagnostics_all
 from .functional import cross_entropy
-from .loss import CrossEntropyLoss
+from .linear import linear_cross_entropy
+from .loss import CrossEntropyLoss, LinearCrossEntropyLoss
 from . import data  # check_loader
 from .patching import patch, patched, unpatch
 
 __version__ = "0.1.0"
 
-__all__ = ["CrossEntropyLoss", "cross_entropy", "patch", "unpatch", "patched", *_diagnostics_all]
+__all__ = ["CrossEntropyLoss", "cross_entropy", "LinearCrossEntropyLoss", "linear_cross_entropy", "patch", "unpatch", "patched", *_diagnostics_all]

@@ -35,7 +35,8 @@ def rows_shape(logits):
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_fwd")
-def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, check_finite=False, validate=1):
+def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, check_finite=False, validate=1,
+              lse_square_scale=0.0, softcap=0.0):
     acc = accumulate_dtype(logits.dtype)
     rows = rows_shape(logits)
     loss = logits.new_empty(rows) if reduction == 0 else logits.new_empty(())
@@ -44,8 +45,19 @@ def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, 
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_bwd")
-def _bwd_fake(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing):
+def _bwd_fake(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
+              lse_square_scale=0.0, softcap=0.0, grad_lse=None):
     return torch.empty_like(logits)
+
+
+@torch.library.register_fake("validated_loss::cross_entropy_fwd_grad")
+def _fwd_grad_fake(logits, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap,
+                   grad_loss, grad_lse, check_finite=False, validate=1):
+    acc = accumulate_dtype(logits.dtype)
+    rows = rows_shape(logits)
+    loss = logits.new_empty(rows) if reduction == 0 else logits.new_empty((), dtype=acc)  # 'sum' in acc
+    lse = logits.new_empty((math.prod(rows), 2), dtype=acc)
+    return loss, lse, logits.new_empty((), dtype=acc), logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_prob_fwd")
@@ -73,12 +85,23 @@ def _raise_fake(status, target_shape, num_classes, ignore_index, logits_shape):
 # differentiated, so double backward has exactly torch's semantics.
 
 
-def _torch_first_order(logits, target, weight, reduction, ignore_index, label_smoothing, grad_loss):
-    """torch's d loss / d (logits, target) as a differentiable graph (for second order)."""
-    loss = torch_cross_entropy(logits, target, weight, ignore_index=ignore_index,
-                               reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
-    wrt = [logits] + ([target] if target.requires_grad else [])
-    return torch.autograd.grad(loss, wrt, grad_loss, create_graph=True)
+def _torch_first_order(logits, target, weight, reduction, ignore_index, label_smoothing, grad_loss,
+                       lse_square_scale=0.0, softcap=0.0, grad_lse=None):
+    """torch's d loss / d (logits, target) as a differentiable graph (for second order); with the
+    LLM options (z-loss, softcap, an lse gradient), the same written with torch ops (_reference)."""
+    if not (lse_square_scale or softcap or grad_lse is not None):
+        loss = torch_cross_entropy(logits, target, weight, ignore_index=ignore_index,
+                                   reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
+        wrt = [logits] + ([target] if target.requires_grad else [])
+        return torch.autograd.grad(loss, wrt, grad_loss, create_graph=True)
+    from . import _reference
+
+    loss, lse = _reference.cross_entropy(logits, target, weight, REDUCTION_NAMES[reduction], ignore_index,
+                                         label_smoothing, lse_square_scale, softcap or None)
+    total = (loss * grad_loss).sum()
+    if grad_lse is not None:
+        total = total + (lse.reshape(-1) * grad_lse.reshape(-1)).sum()
+    return torch.autograd.grad(total, [logits], create_graph=True)
 
 
 def _second_order(ctx_inputs, grads_out, build):
@@ -96,10 +119,13 @@ def _second_order(ctx_inputs, grads_out, build):
 
 def _fwd_setup(ctx, inputs, output):
     logits, target, weight, reduction, ignore_index, label_smoothing = inputs[:6]
-    _, lse, total_weight, _ = output
+    lse_square_scale, softcap = (inputs[8], inputs[9]) if len(inputs) > 8 else (0.0, 0.0)
+    loss, lse, total_weight, _ = output
     ctx.set_materialize_grads(False)  # no zero-filled gradients for lse, total_weight and status
     ctx.save_for_backward(logits, target, weight, lse, total_weight)
-    ctx.args = (reduction, ignore_index, label_smoothing)
+    ctx.args = (reduction, ignore_index, label_smoothing, lse_square_scale, softcap)
+    ctx.loss_shape = loss.shape
+    ctx.num_inputs = len(inputs)
 
 
 def _fwd_backward(ctx, grad_loss, grad_lse, grad_total_weight, grad_status):
@@ -109,26 +135,39 @@ def _fwd_backward(ctx, grad_loss, grad_lse, grad_total_weight, grad_status):
         _deferred.check_pending()
     logits, target, weight, lse, total_weight = ctx.saved_tensors
     grad = None
-    if ctx.needs_input_grad[0] and grad_loss is not None:
-        grad = ops.cross_entropy_bwd(grad_loss, logits, target, weight, lse, total_weight, *ctx.args)
-    return grad, None, None, None, None, None, None, None
+    # The saved lse is (max, log_sum) per row. max is a constant shift: the gradient of
+    # max + log_sum (what return_lse gives) arrives on both columns and is taken from log_sum's,
+    # whose derivative with max held fixed is the softmax.
+    lse_grad = None if grad_lse is None else grad_lse[:, 1]
+    if ctx.needs_input_grad[0] and (grad_loss is not None or lse_grad is not None):
+        if grad_loss is None:
+            grad_loss = logits.new_zeros(ctx.loss_shape)
+        grad = ops.cross_entropy_bwd(grad_loss, logits, target, weight, lse, total_weight, *ctx.args, lse_grad)
+    return (grad,) + (None,) * (ctx.num_inputs - 1)
 
 
 def _bwd_setup(ctx, inputs, output):
-    grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing = inputs
-    ctx.save_for_backward(grad_loss, logits, target, weight)
-    ctx.args = (reduction, ignore_index, label_smoothing)
+    grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing = inputs[:9]
+    lse_square_scale, softcap, grad_lse = (inputs[9], inputs[10], inputs[11]) if len(inputs) > 9 else (0.0, 0.0, None)
+    ctx.save_for_backward(grad_loss, logits, target, weight, grad_lse)
+    ctx.args = (reduction, ignore_index, label_smoothing, lse_square_scale, softcap)
+    ctx.num_inputs = len(inputs)
 
 
 def _bwd_backward(ctx, grad_grad):
-    grad_loss, logits, target, weight = ctx.saved_tensors
-    reduction, ignore_index, label_smoothing = ctx.args
+    grad_loss, logits, target, weight, grad_lse = ctx.saved_tensors
+    reduction, ignore_index, label_smoothing, lse_square_scale, softcap = ctx.args
 
-    def build(g, x):
-        return _torch_first_order(x, target, weight, reduction, ignore_index, label_smoothing, g)
+    def build(g, x, *g_lse):
+        return _torch_first_order(x, target, weight, reduction, ignore_index, label_smoothing, g, lse_square_scale,
+                                  softcap, g_lse[0] if g_lse else None)
 
-    d_grad_loss, d_logits = _second_order([grad_loss, logits], [grad_grad], build)
-    return d_grad_loss, d_logits, None, None, None, None, None, None, None
+    leaves = [grad_loss, logits] + ([grad_lse] if grad_lse is not None else [])
+    d_grad_loss, d_logits, *d_grad_lse = _second_order(leaves, [grad_grad], build)
+    grads = [d_grad_loss, d_logits] + [None] * (ctx.num_inputs - 2)
+    if len(grads) > 11:
+        grads[11] = d_grad_lse[0] if d_grad_lse else None
+    return tuple(grads)
 
 
 def _prob_fwd_setup(ctx, inputs, output):

@@ -9,11 +9,13 @@ pass; the errors it reports are re-raised here as the package's exception classe
 import operator
 
 import torch
-import torch.nn.functional as F
+from torch._C._functorch import TransformType
+from torch.autograd import forward_ad
 from torch.nn import _reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from . import _deferred, _ops, diagnostics
+from . import _deferred, _ops, _reference, diagnostics
+from ._llm_options import NO_LLM_OPTIONS, llm_options
 from .diagnostics import nonfinite_error_from, target_error_from
 
 VALIDATE_MODES = {"off": 0, "sync": 1, "deferred": 2}
@@ -31,6 +33,9 @@ def cross_entropy(
     *,
     validate="sync",
     check_finite=False,
+    lse_square_scale=0.0,
+    softcap=None,
+    return_lse=False,
 ):
     """Drop-in for torch.nn.functional.cross_entropy, computed by validated_loss's fused kernels.
 
@@ -38,12 +43,20 @@ def cross_entropy(
       validate: "sync" (default), "deferred" or "off" — how a bad target found on a CUDA device is
         reported (see README); on the CPU every mode raises at once, at no cost.
       check_finite: also report the first NaN/inf logit (row and class), from the same pass.
+    LLM-training options (class-index targets; the defaults change nothing):
+      lse_square_scale: z-loss, + lse_square_scale * lse^2 for every non-ignored row, unweighted,
+        added to the cross-entropy before the reduction ('mean' divides by the same total weight;
+        without class weights: the mean over non-ignored rows, as Liger and flash-attn).
+      softcap: logits x become softcap * tanh(x / softcap) before the softmax (Gemma 2).
+      return_lse: return (loss, lse), lse the log-sum-exp of each row's (capped) logits in the
+        target's shape, float32 (float64 for float64 logits), 0 for ignored rows; differentiable.
     """
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(
             cross_entropy, (input, target, weight), input, target, weight=weight, size_average=size_average,
             ignore_index=ignore_index, reduce=reduce, reduction=reduction, label_smoothing=label_smoothing,
-            validate=validate, check_finite=check_finite,
+            validate=validate, check_finite=check_finite, lse_square_scale=lse_square_scale, softcap=softcap,
+            return_lse=return_lse,
         )
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)  # warns as torch does
@@ -51,14 +64,41 @@ def cross_entropy(
     ignore_index, label_smoothing = _check_argument_types(input, target, weight, ignore_index, label_smoothing)
     if validate not in VALIDATE_MODES:
         raise ValueError(f"validate must be one of {sorted(VALIDATE_MODES)}, got {validate!r}")
+    llm = llm_options(lse_square_scale, softcap, return_lse)
     mode = diagnostics.check_inputs(input, target, weight, ignore_index, label_smoothing)
+    if mode == "probs" and llm.any:
+        raise NotImplementedError("lse_square_scale, softcap and return_lse need class-index targets; "
+                                  "this target has the input's shape (class probabilities)")
+    input, target, weight = _autocast_to_float32(input, target, weight)
 
-    if not _ops.has_kernel(input.device.type):
-        return _torch_fallback(input, target, weight, reduction_code, ignore_index, label_smoothing, mode)
+    if not _ops.has_kernel(input.device.type) or _needs_torch_composite(input, target):
+        return _torch_fallback(input, target, weight, reduction_code, ignore_index, label_smoothing, mode, llm)
     if mode == "probs":
         return _probability_loss(input, target, weight, reduction_code, label_smoothing, check_finite)
     return _class_index_loss(input, target, weight, reduction_code, ignore_index, label_smoothing, check_finite,
-                             VALIDATE_MODES[validate])
+                             VALIDATE_MODES[validate], llm)
+
+
+def _autocast_to_float32(*tensors):
+    """torch's autocast runs cross_entropy in float32 (its fp32 policy, on CPU and CUDA): half
+    and bfloat16 operands are cast, float64 is left alone; outside autocast nothing changes."""
+    device = tensors[0].device.type
+    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+        return tensors
+    low = (torch.float16, torch.bfloat16)
+    return tuple(t.float() if t is not None and t.dtype in low else t for t in tensors)
+
+
+def _needs_torch_composite(input, target):
+    """torch.func.grad/jvp and forward-mode AD: the autograd torch.library gives our ops supports
+    neither in torch 2.13 (grad raises, forward AD would give a silently zero tangent), so those
+    calls are computed by torch's composite, after the same checks."""
+    if torch.compiler.is_compiling():
+        return False
+    interpreter = torch._C._functorch.peek_interpreter_stack()
+    if interpreter is not None and interpreter.key() in (TransformType.Grad, TransformType.Jvp):
+        return True
+    return any(forward_ad.unpack_dual(t).tangent is not None for t in (input, target))
 
 
 def _check_argument_types(input, target, weight, ignore_index, label_smoothing):
@@ -86,7 +126,9 @@ def _check_argument_types(input, target, weight, ignore_index, label_smoothing):
     return ignore_index, float(label_smoothing)
 
 
-def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoothing, check_finite, validate):
+def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoothing, check_finite, validate,
+                      llm=None):
+    llm = llm or NO_LLM_OPTIONS
     one_dim = input.dim() == 1  # (C,) logits with a () or (1,) target: one row
     logits = input.unsqueeze(0) if one_dim else input
     rows = target.reshape(1) if one_dim else target
@@ -94,15 +136,20 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
     if eager:
         _deferred.check_pending()  # an earlier deferred call's bad target surfaces here at the latest
     try:
-        loss, _, _, status = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
-                                                        label_smoothing, check_finite, validate)
+        loss, row_stats, _, status = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
+                                                                label_smoothing, check_finite, validate,
+                                                                llm.lse_square_scale, llm.softcap_code)
     except IndexError as error:
         raise target_error_from(error, ignore_index) from None
     except ValueError as error:
         raise nonfinite_error_from(error) from None
     if eager and validate == VALIDATE_MODES["deferred"] and logits.is_cuda and not torch.cuda.is_current_stream_capturing():
         _deferred.submit(status, rows.shape, logits.shape[1], ignore_index, logits.shape)
-    return loss.reshape(()) if one_dim and reduction == 0 else loss
+    loss = loss.reshape(()) if one_dim and reduction == 0 else loss
+    if not llm.return_lse:
+        return loss
+    # max + log_sum: autograd routes its gradient into the op's backward (see _ops._fwd_backward).
+    return loss, (row_stats[:, 0] + row_stats[:, 1]).reshape(target.shape)
 
 
 def _probability_loss(input, target, weight, reduction, label_smoothing, check_finite):
@@ -122,11 +169,17 @@ def _probability_loss(input, target, weight, reduction, label_smoothing, check_f
     return loss.reshape(()) if one_dim and reduction == 0 else loss
 
 
-def _torch_fallback(input, target, weight, reduction, ignore_index, label_smoothing, mode):
-    """A device with no kernel of ours (mps, xpu, ...): the same checks, then torch computes."""
+def _torch_fallback(input, target, weight, reduction, ignore_index, label_smoothing, mode, llm=None):
+    """A device with no kernel of ours (mps, xpu, ...) or a transform our ops do not support: the
+    same checks, then torch computes."""
     if mode == "index":
         error = diagnostics._find_out_of_range(input, target, ignore_index)
         if error is not None:
             raise error
-    return F.cross_entropy(input, target, weight, ignore_index=ignore_index, reduction=_ops.REDUCTION_NAMES[reduction],
-                           label_smoothing=label_smoothing)
+    if llm is not None and llm.any:
+        loss, lse = _reference.cross_entropy(input, target, weight, _ops.REDUCTION_NAMES[reduction], ignore_index,
+                                             label_smoothing, llm.lse_square_scale, llm.softcap)
+        return (loss, lse.to(_ops.accumulate_dtype(input.dtype))) if llm.return_lse else loss
+    # torch's function captured at import: torch.nn.functional.cross_entropy is ours while patched.
+    return _ops.torch_cross_entropy(input, target, weight, ignore_index=ignore_index,
+                                    reduction=_ops.REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)

@@ -4,6 +4,7 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/ones.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
@@ -20,12 +21,16 @@ struct KernelTable {
   const char* name;
   decltype(&DEFAULT::index_forward) index_forward;
   decltype(&DEFAULT::index_backward) index_backward;
+  decltype(&DEFAULT::index_forward_grad) index_forward_grad;
   decltype(&DEFAULT::prob_forward) prob_forward;
   decltype(&DEFAULT::prob_backward) prob_backward;
 };
 
 #define VALIDATED_LOSS_KERNEL_TABLE(CAP) \
-  KernelTable { #CAP, &CAP::index_forward, &CAP::index_backward, &CAP::prob_forward, &CAP::prob_backward }
+  KernelTable {                           \
+    #CAP, &CAP::index_forward, &CAP::index_backward, &CAP::index_forward_grad, &CAP::prob_forward, \
+        &CAP::prob_backward                  \
+  }
 
 // ATen's own choice (it honours ATEN_CPU_CAPABILITY), so we never run wider than torch does.
 const KernelTable& kernels() {
@@ -44,8 +49,10 @@ LogitsView view_of(const Tensor& t) {
   return LogitsView{t.scalar_type(), t.const_data_ptr(), make_row_geometry(t)};
 }
 
-LossOptions options_of(const Tensor& weight_acc, double label_smoothing, int64_t reduction) {
-  return LossOptions{weight_acc.defined() ? weight_acc.const_data_ptr() : nullptr, label_smoothing, reduction};
+LossOptions options_of(const Tensor& weight_acc, double label_smoothing, int64_t reduction, double z_scale = 0,
+                       double softcap = 0) {
+  return LossOptions{weight_acc.defined() ? weight_acc.const_data_ptr() : nullptr, label_smoothing, reduction,
+                     z_scale, softcap};
 }
 
 // The reduced loss as a 0-dim tensor of the logits' dtype, or the per-row losses.
@@ -76,17 +83,23 @@ ForwardOutputs forward_outputs(const Tensor& loss_rows, const Tensor& lse, bool 
 // grad_output as the kernels want it: per row for 'none', else one scalar (divided by the total
 // weight for 'mean'). grad_output is on the CPU, so reading it costs nothing.
 struct ScaleHolder {
-  Tensor per_row;
+  Tensor per_row, lse_grad;
   GradScale scale;
 };
 
-ScaleHolder grad_scale(const Tensor& grad_loss, int64_t reduction, double total_weight, at::ScalarType acc) {
+// grad_lse: the gradient of each row's returned lse (one per row), or undefined.
+ScaleHolder grad_scale(const Tensor& grad_loss, int64_t reduction, double total_weight, at::ScalarType acc,
+                       const std::optional<Tensor>& grad_lse = std::nullopt) {
   ScaleHolder h;
   if (reduction == kReductionNone) {
     h.per_row = grad_loss.to(acc).contiguous();
     h.scale = GradScale{h.per_row.const_data_ptr(), 0.0};
   } else {
     h.scale = GradScale{nullptr, reduction_scale<double>(reduction, grad_loss.item<double>(), total_weight)};
+  }
+  if (grad_lse.has_value() && grad_lse->defined()) {
+    h.lse_grad = grad_lse->to(acc).contiguous();
+    h.scale.lse_grad = h.lse_grad.const_data_ptr();
   }
   return h;
 }
@@ -99,8 +112,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
                                                                  const std::optional<Tensor>& weight,
                                                                  int64_t reduction, int64_t ignore_index,
                                                                  double label_smoothing, bool check_finite,
-                                                                 int64_t /*validate: the CPU always raises*/) {
+                                                                 int64_t /*validate: the CPU always raises*/,
+                                                                 double lse_square_scale, double softcap) {
   check_index_op_args(logits, target, weight, reduction);
+  check_llm_options(lse_square_scale, softcap);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
   const Tensor w = weights_for_kernel(weight, acc);
@@ -108,8 +123,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
   const Tensor lse = at::empty({x.geo.num_rows, 2}, logits.options().dtype(acc));
   const Tensor loss_rows = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options()) : Tensor();
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
-  const ForwardTotals totals = kernels().index_forward(x, t, options_of(w, label_smoothing, reduction),
-                                                      forward_outputs(loss_rows, lse, check_finite));
+  const ForwardTotals totals =
+      kernels().index_forward(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
+                              forward_outputs(loss_rows, lse, check_finite));
   const Tensor status = status_of(totals, logits);
   raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
   return {reduced_loss(totals, reduction, totals.total_weight, loss_rows, logits), lse,
@@ -118,18 +134,58 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
 
 Tensor cross_entropy_bwd_cpu(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
                              const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
-                             int64_t reduction, int64_t ignore_index, double label_smoothing) {
+                             int64_t reduction, int64_t ignore_index, double label_smoothing,
+                             double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
   check_index_op_args(logits, target, weight, reduction);
+  check_llm_options(lse_square_scale, softcap);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
   const Tensor w = weights_for_kernel(weight, acc);
+  const LogitsView x = view_of(logits);
+  check_rows_tensor(grad_lse, x.geo.num_rows, "grad_lse");
   const Tensor lse_c = lse.to(acc).contiguous();
-  const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight.item<double>(), acc);
+  const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight.item<double>(), acc, grad_lse);
   Tensor grad = at::empty_like(logits);
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
-  kernels().index_backward(view_of(logits), t, options_of(w, label_smoothing, reduction), lse_c.const_data_ptr(),
-                           scale.scale, grad_output_of(grad));
+  kernels().index_backward(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
+                           lse_c.const_data_ptr(), scale.scale, grad_output_of(grad));
   return grad;
+}
+
+// Forward and gradient in one pass over a (chunk of) logits, the gradient written over the logits:
+// each row is scanned, then its gradient computed while it is still in cache. For 'sum' the loss
+// comes back in the accumulate dtype (a linear layer's chunks add these up); 'none' gives the
+// rows' losses in the logits' dtype. The gradient is that of sum_r grad_loss_r * loss_r +
+// grad_lse_r * lse_r (grad_loss: one per row for 'none', a scalar for 'sum', or none for 1).
+std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
+    Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, int64_t reduction,
+    int64_t ignore_index, double label_smoothing, double lse_square_scale, double softcap,
+    const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_lse, bool check_finite,
+    int64_t /*validate: the CPU always raises*/) {
+  check_index_op_args(logits, target, weight, reduction);
+  check_llm_options(lse_square_scale, softcap);
+  TORCH_CHECK(reduction != kReductionMean, "validated_loss: cross_entropy_fwd_grad takes reduction 'none' or 'sum'");
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Tensor target_c = target.contiguous();
+  const Tensor w = weights_for_kernel(weight, acc);
+  const LogitsView x = view_of(logits);
+  check_rows_tensor(grad_lse, x.geo.num_rows, "grad_lse");
+  const Tensor lse = at::empty({x.geo.num_rows, 2}, logits.options().dtype(acc));
+  const Tensor loss_rows = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options()) : Tensor();
+  const Tensor ones = at::ones(reduction == kReductionNone ? at::IntArrayRef(rows_shape(logits)) : at::IntArrayRef{},
+                               logits.options().dtype(acc));
+  const Tensor& g = grad_loss.has_value() && grad_loss->defined() ? *grad_loss : ones;
+  TORCH_CHECK(g.numel() == (reduction == kReductionNone ? x.geo.num_rows : 1),
+              "validated_loss: grad_loss must hold one value per row for 'none', one for 'sum'; got ", g.sizes());
+  const ScaleHolder scale = grad_scale(g, reduction, 1.0, acc, grad_lse);
+  const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
+  const ForwardTotals totals =
+      kernels().index_forward_grad(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
+                                   forward_outputs(loss_rows, lse, check_finite), scale.scale, grad_output_of(logits));
+  const Tensor status = status_of(totals, logits);
+  raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
+  const Tensor loss = reduction == kReductionNone ? loss_rows : at::scalar_tensor(totals.loss_sum, lse.options());
+  return {loss, lse, at::scalar_tensor(totals.total_weight, logits.options().dtype(acc)), status};
 }
 
 std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cpu(const Tensor& logits, const Tensor& target,
@@ -182,6 +238,7 @@ void raise_for_status_cpu(const Tensor& status, c10::SymIntArrayRef target_shape
 TORCH_LIBRARY_IMPL(validated_loss, CPU, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cpu);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd_cpu);
+  m.impl("cross_entropy_fwd_grad", &cross_entropy_fwd_grad_cpu);
   m.impl("cross_entropy_prob_fwd", &cross_entropy_prob_fwd_cpu);
   m.impl("cross_entropy_prob_bwd", &cross_entropy_prob_bwd_cpu);
   m.impl("raise_for_status", &raise_for_status_cpu);

@@ -26,6 +26,8 @@ struct LossOptions {
   const void* weight;     // C accumulate-dtype values, or nullptr
   double label_smoothing;
   int64_t reduction;
+  double z_scale = 0;     // z-loss scale (class-index targets only); 0: none
+  double softcap = 0;     // logit softcap (class-index targets only); 0: none
 };
 
 struct ForwardOutputs {
@@ -46,6 +48,7 @@ struct ForwardTotals {
 struct GradScale {
   const void* per_row;    // 'none': accumulate-dtype grad_output per row; else nullptr
   double scalar;          // 'mean'/'sum': grad_output (already divided by the total weight for mean)
+  const void* lse_grad = nullptr;  // accumulate-dtype gradient of each row's returned lse, or nullptr
 };
 
 struct GradOutput {
@@ -59,6 +62,8 @@ struct GradOutput {
                               const ForwardOutputs& out);                                               \
   void index_backward(const LogitsView& x, const IndexTargets& t, const LossOptions& o,                \
                       const void* lse, const GradScale& g, const GradOutput& grad);                     \
+  ForwardTotals index_forward_grad(const LogitsView& x, const IndexTargets& t, const LossOptions& o,   \
+                                   const ForwardOutputs& out, const GradScale& g, const GradOutput& grad); \
   ForwardTotals prob_forward(const LogitsView& x, const LogitsView& q, const LossOptions& o,            \
                              const ForwardOutputs& out);                                                \
   void prob_backward(const LogitsView& x, const LogitsView& q, const LossOptions& o, const void* lse,   \

@@ -198,12 +198,13 @@ RowSums<acc_t> chunk_row_sums(const acc_t* x, const acc_t* w, const acc_t* q, in
 // out_c = k * (S softmax_c - a_c) with a_c = w_c (share q_c + eps/C): both target kinds.
 // For a class-index row q == nullptr (a_c is then the smoothing share alone; the caller writes
 // the target element itself, from acc_t, so its cancellation never goes through a rounded value).
+// `extra` is softmax_extra's coefficient (z-loss, lse gradient); 0 adds exactly nothing.
 template <typename acc_t>
 void chunk_grad(acc_t* out, const acc_t* x, const acc_t* w, const acc_t* q, int64_t n, RowLse<acc_t> lse, acc_t scale,
-                acc_t mass, acc_t share, acc_t eps_per_class) {
+                acc_t mass, acc_t share, acc_t eps_per_class, acc_t extra = acc_t(0)) {
   using Vec = Vectorized<acc_t>;
-  const Vec vmax(lse.max), vlog_sum(lse.log_sum), vks(scale * mass), vk(scale), vshare(share), veps(eps_per_class),
-      one(acc_t(1));
+  const Vec vmax(lse.max), vlog_sum(lse.log_sum), vks(scale * mass + extra), vk(scale), vshare(share),
+      veps(eps_per_class), one(acc_t(1));
   int64_t c = 0;
   for (; c + Vec::size() <= n; c += Vec::size()) {
     const Vec p_term = vks * vexp((Vec::loadu(x + c) - vmax) - vlog_sum);
@@ -214,7 +215,7 @@ void chunk_grad(acc_t* out, const acc_t* x, const acc_t* w, const acc_t* q, int6
   for (; c < n; ++c) {
     const acc_t wc = w ? w[c] : acc_t(1);
     const acc_t a = wc * ((q ? share * q[c] : acc_t(0)) + eps_per_class);
-    out[c] = grad_element<acc_t>(scale, mass, x[c], lse, a);
+    out[c] = grad_element<acc_t>(scale, mass, x[c], lse, a, extra);
   }
 }
 
@@ -230,6 +231,41 @@ void chunk_target_grad(acc_t* out, const acc_t* x, const acc_t* w, int64_t n, Ro
     (vneg * wv * ((Vec::loadu(x + c) - vmax) - vlog_sum)).store(out + c);
   }
   for (; c < n; ++c) out[c] = -scale * share * (w ? w[c] : acc_t(1)) * log_prob(x[c], lse);
+}
+
+// Logit softcapping over a chunk: out_c = cap * tanh(x_c / cap) (out may be x). Same operation
+// order as torch's cap * tanh(x / cap), with ATen's own vectorised tanh.
+template <typename acc_t>
+void chunk_softcap(acc_t* out, const acc_t* x, int64_t n, acc_t cap) {
+  using Vec = Vectorized<acc_t>;
+  const Vec vcap(cap);
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) (vcap * (Vec::loadu(x + c) / vcap).tanh()).store(out + c);
+  for (; c < n; ++c) out[c] = softcap_logit(x[c], cap);
+}
+
+// Gradient w.r.t. the raw logits from the gradient w.r.t. the capped ones (chain rule):
+// g_c *= 1 - (capped_c / cap)^2.
+template <typename acc_t>
+void chunk_softcap_grad(acc_t* g, const acc_t* capped, int64_t n, acc_t cap) {
+  using Vec = Vectorized<acc_t>;
+  const Vec vcap(cap), one(acc_t(1));
+  int64_t c = 0;
+  for (; c + Vec::size() <= n; c += Vec::size()) {
+    const Vec t = Vec::loadu(capped + c) / vcap;
+    (Vec::loadu(g + c) * (one - t * t)).store(g + c);
+  }
+  for (; c < n; ++c) g[c] *= softcap_slope(capped[c], cap);
+}
+
+// A chunk's logits as the loss sees them: load_chunk's values, capped into `buf` when cap > 0
+// (never in place: the source may be the caller's tensor).
+template <typename scalar_t, typename acc_t>
+const acc_t* load_logits(const scalar_t* row, int64_t stride, int64_t c0, int64_t len, acc_t* buf, acc_t cap) {
+  const acc_t* xs = load_chunk(row, stride, c0, len, buf);
+  if (!(cap > acc_t(0))) return xs;
+  chunk_softcap(buf, xs, len, cap);
+  return buf;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -287,17 +323,20 @@ struct RowScan {
   int64_t nonfinite_class;  // -1 when none found or not asked
 };
 
+// cap > 0: the logits are softcapped first (the reference too, so it stays near the capped values).
+// check_finite then sees capped values: an infinite logit caps to +-cap, only NaN remains.
 template <typename scalar_t, typename acc_t>
 RowScan<acc_t> scan_row(const scalar_t* x_row, int64_t x_stride, const scalar_t* q_row, int64_t q_stride,
                         int64_t num_classes, const acc_t* weight, bool with_swd, bool check_finite, acc_t* xbuf,
-                        acc_t* qbuf) {
+                        acc_t* qbuf, acc_t cap = acc_t(0)) {
   RowScan<acc_t> scan{lse_empty<acc_t>(), row_sums_zero<acc_t>(), acc_t(0), -1};
   if (num_classes == 0) return scan;
-  scan.ref = row_reference(static_cast<acc_t>(x_row[0]));
+  const acc_t first = static_cast<acc_t>(x_row[0]);
+  scan.ref = row_reference(cap > acc_t(0) ? softcap_logit(first, cap) : first);
   const bool need_sums = with_swd || q_row != nullptr;
   for (int64_t c0 = 0; c0 < num_classes; c0 += kChunkElems) {
     const int64_t n = std::min(kChunkElems, num_classes - c0);
-    const acc_t* xs = load_chunk(x_row, x_stride, c0, n, xbuf);
+    const acc_t* xs = load_logits(x_row, x_stride, c0, n, xbuf, cap);
     const acc_t m = chunk_max(xs, n);
     if (m != -INFINITY) scan.lse = lse_combine(scan.lse, LseState<acc_t>{m, chunk_sum_exp(xs, n, m)});
     if (check_finite && scan.nonfinite_class < 0 && !(m - m == 0 && is_finite(chunk_min(xs, n)))) {
@@ -324,7 +363,8 @@ LossConstants<acc_t> loss_constants(const LossOptions& o, int64_t num_classes) {
     sum_weight = 0;
     for (int64_t c = 0; c < num_classes; ++c) sum_weight += w[c];
   }
-  return {num_classes, static_cast<acc_t>(o.label_smoothing), sum_weight};
+  return {num_classes, static_cast<acc_t>(o.label_smoothing), sum_weight, static_cast<acc_t>(o.z_scale),
+          static_cast<acc_t>(o.softcap)};
 }
 
 inline int64_t read_target(const IndexTargets& t, int64_t r) {
@@ -371,9 +411,121 @@ inline void note_nonfinite(ForwardTotals& part, int64_t row, int64_t cls) {
 // ---------------------------------------------------------------------------------------------
 // Class-index targets.
 
+template <typename acc_t>
+acc_t row_grad_scale(const GradScale& g, int64_t r) {
+  return g.per_row ? static_cast<const acc_t*>(g.per_row)[r] : static_cast<acc_t>(g.scalar);
+}
+
+template <typename acc_t>
+acc_t row_lse_grad(const GradScale& g, int64_t r) {
+  return g.lse_grad ? static_cast<const acc_t*>(g.lse_grad)[r] : acc_t(0);
+}
+
+// One valid row's gradient, chunk by chunk: scale * d loss / d x + lse_grad * d lse / d x, through
+// the softcap when there is one. x_y is the row's target logit as the loss saw it (capped), read
+// by the caller before anything is written: `grow` may be the row's own logits (the fused op), so
+// every chunk is read whole before its gradient is stored, and the target element is computed
+// from x_y, never from memory.
+template <typename scalar_t, typename acc_t>
+void index_grad_row(const scalar_t* row, int64_t x_stride, scalar_t* grow, int64_t g_stride,
+                    const LossConstants<acc_t>& k, const acc_t* w, int64_t y, acc_t x_y, RowLse<acc_t> lse,
+                    acc_t scale, acc_t lse_grad, acc_t* xbuf, acc_t* gbuf) {
+  const int64_t C = k.num_classes;
+  const acc_t w_y = w ? w[y] : acc_t(1);
+  const acc_t mass = index_row_mass(k, w_y);
+  const acc_t extra = softmax_extra(k, scale, lse, lse_grad);
+  for (int64_t c0 = 0; c0 < C; c0 += kChunkElems) {
+    const int64_t n = std::min(kChunkElems, C - c0);
+    const acc_t* xs = load_logits(row, x_stride, c0, n, xbuf, k.softcap);
+    acc_t* out = chunk_target(grow, g_stride, c0, gbuf);
+    chunk_grad<acc_t>(out, xs, w ? w + c0 : nullptr, nullptr, n, lse, scale, mass, acc_t(0), smoothing_per_class(k),
+                      extra);
+    if (has_softcap(k)) chunk_softcap_grad(out, xs, n, k.softcap);
+    store_chunk(grow, g_stride, c0, n, out);
+  }
+  // The target element, recomputed whole in acc_t (not patched into a rounded value).
+  acc_t g_y = grad_element(scale, mass, x_y, lse, index_target_mass(k, w_y, true, w_y), extra);
+  if (has_softcap(k)) g_y *= softcap_slope(x_y, k.softcap);
+  grow[y * g_stride] = static_cast<scalar_t>(g_y);
+}
+
+// Small-class backward: one row per SIMD lane (see use_lane_rows). Every group of L rows is
+// gathered (and its target logits kept) before any of its gradients is written, so `gout` may
+// be the logits themselves.
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void index_backward_lanes(const LogitsView& xv, const IndexTargets& t, const LossConstants<acc_t>& k, const acc_t* w,
+                          const acc_t* lse, const GradScale& gs, const GradOutput& gout) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int L = Vec::size();
+  const RowGeometry& g = xv.geo;
+  const int64_t C = g.num_classes;
+  const auto* x = static_cast<const scalar_t*>(xv.data);
+  auto* grad = static_cast<scalar_t*>(gout.data);
+  at::parallel_for(0, (g.num_rows + L - 1) / L, std::max<int64_t>(1, 2048 / C), [&](int64_t b0, int64_t b1) {
+    alignas(64) acc_t buf[kLaneRowsMaxClasses * L];
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t first = b * L;
+      int64_t offsets[L];
+      const int n = lane_offsets<acc_t>(g, first, g.num_rows, offsets);
+      gather_lane_rows(x, offsets, C, g.class_stride, buf);
+      if (has_softcap(k)) chunk_softcap(buf, buf, C * L, k.softcap);
+      alignas(64) acc_t scale[L], mass[L], max[L], log_sum[L], ks[L], ke[L], extra[L], x_y[L];
+      int64_t y[L];
+      bool valid[L];
+      for (int l = 0; l < L; ++l) {
+        const int64_t r = first + std::min(l, n - 1);
+        y[l] = read_target(t, r);
+        valid[l] = l < n && classify_target(y[l], C, t.ignore_index) == kTargetValid;
+        scale[l] = valid[l] ? row_grad_scale<acc_t>(gs, r) : acc_t(0);
+        mass[l] = valid[l] ? index_row_mass(k, w ? w[y[l]] : acc_t(1)) : acc_t(0);
+        const RowLse<acc_t> row = valid[l] ? load_row_lse(lse, r) : RowLse<acc_t>{0, 0};
+        max[l] = row.max;
+        log_sum[l] = row.log_sum;
+        extra[l] = valid[l] ? softmax_extra(k, scale[l], row, row_lse_grad<acc_t>(gs, r)) : acc_t(0);
+        ks[l] = scale[l] * mass[l] + extra[l];
+        ke[l] = scale[l] * smoothing_per_class(k);
+        x_y[l] = valid[l] ? buf[y[l] * L + l] : acc_t(0);
+      }
+      const Vec vks = Vec::loadu(ks), vke = Vec::loadu(ke), vmax = Vec::loadu(max), vlog_sum = Vec::loadu(log_sum);
+      const Vec vcap(k.softcap), one(acc_t(1));
+      for (int64_t c = 0; c < C; ++c) {
+        const Vec xc = Vec::loadu(buf + c * L);
+        Vec gc = vks * vexp((xc - vmax) - vlog_sum) - vke * Vec(w ? w[c] : acc_t(1));
+        if (has_softcap(k)) {
+          const Vec tc = xc / vcap;
+          gc = gc * (one - tc * tc);
+        }
+        gc.store(buf + c * L);
+      }
+      for (int l = 0; l < n; ++l) {
+        scalar_t* grow = grad + row_offset(gout.geo, first + l);
+        const int64_t gstride = gout.geo.class_stride;
+        if (!valid[l]) {
+          zero_row(grow, gstride, C);
+          continue;
+        }
+        for (int64_t c = 0; c < C; ++c) grow[c * gstride] = static_cast<scalar_t>(buf[c * L + l]);
+        // The target element, recomputed whole in acc_t from the (capped) logit kept above.
+        const acc_t w_y = w ? w[y[l]] : acc_t(1);
+        acc_t g_y = grad_element(scale[l], mass[l], x_y[l], RowLse<acc_t>{max[l], log_sum[l]},
+                                 index_target_mass(k, w_y, true, w_y), extra[l]);
+        if (has_softcap(k)) g_y *= softcap_slope(x_y[l], k.softcap);
+        grow[y[l] * gstride] = static_cast<scalar_t>(g_y);
+      }
+    }
+  });
+}
+
+// What the fused op adds to the forward: the gradient of every row, written to `grad` (which may
+// be the logits themselves) right after the row's forward scan, while the row is still in cache.
+struct FusedGrad {
+  GradScale scale;
+  GradOutput grad;
+};
+
 template <typename scalar_t>
 ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, const LossOptions& o,
-                                  const ForwardOutputs& out) {
+                                  const ForwardOutputs& out, const FusedGrad* fused = nullptr) {
   using acc_t = acc_type<scalar_t>;
   using Vec = Vectorized<acc_t>;
   constexpr int L = Vec::size();
@@ -385,20 +537,29 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
   auto* loss_rows = static_cast<scalar_t*>(out.loss_rows);
   auto* lse_out = static_cast<acc_t*>(out.lse);
 
-  // Records one row's result. `target_logit(y)` is only called for a valid target: an invalid
+  // What the row's gradient needs from its forward.
+  struct RowResult {
+    TargetKind kind;
+    int64_t y;
+    RowLse<acc_t> lse;
+    acc_t x_y;  // the target logit as the loss saw it (capped)
+  };
+
+  // Records one row's result. `scan_valid_row` is only called for a valid target: an invalid
   // one is never used as an address.
   auto finish_row = [&](int64_t r, ForwardTotals& part, auto&& scan_valid_row) {
     const int64_t y = read_target(t, r);
     const TargetKind kind = classify_target(y, C, t.ignore_index);
     acc_t loss = 0;
     RowLse<acc_t> lse{0, 0};
+    acc_t x_y = 0;
     if (kind == kTargetInvalid) {
       part.invalid = invalid_merge(part.invalid, InvalidTarget{r, y, 1});
       loss = NAN;
       lse = RowLse<acc_t>{NAN, NAN};
     } else if (kind == kTargetValid) {
       const acc_t w_y = w ? w[y] : acc_t(1);
-      acc_t ref, x_y;
+      acc_t ref;
       RowSums<acc_t> sums;
       scan_valid_row(y, lse, ref, x_y, sums, part);
       loss = index_row_loss(k, lse, ref, x_y, w_y, sums);
@@ -407,23 +568,33 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
     part.loss_sum += loss;
     store_row_lse(lse_out, r, lse);
     if (loss_rows) loss_rows[r] = static_cast<scalar_t>(loss);
+    return RowResult{kind, y, lse, x_y};
   };
 
-  return for_each_row_block(g.num_rows, C, [&](int64_t r0, int64_t r1, ForwardTotals& part) {
+  const ForwardTotals totals = for_each_row_block(g.num_rows, C, [&](int64_t r0, int64_t r1, ForwardTotals& part) {
     if (!use_lane_rows(g)) {
       alignas(64) acc_t xbuf[kChunkElems];
+      alignas(64) acc_t gbuf[kChunkElems];
       for (int64_t r = r0; r < r1; ++r) {
-        finish_row(r, part, [&](int64_t y, RowLse<acc_t>& lse, acc_t& ref, acc_t& x_y, RowSums<acc_t>& sums,
-                                ForwardTotals& p) {
-          const scalar_t* row = x + row_offset(g, r);
-          const RowScan<acc_t> scan =
-              scan_row<scalar_t, acc_t>(row, g.class_stride, nullptr, 0, C, w, has_smoothing(k), out.check_finite, xbuf, nullptr);
+        const scalar_t* row = x + row_offset(g, r);
+        const RowResult res = finish_row(r, part, [&](int64_t y, RowLse<acc_t>& lse, acc_t& ref, acc_t& x_y,
+                                                      RowSums<acc_t>& sums, ForwardTotals& p) {
+          const RowScan<acc_t> scan = scan_row<scalar_t, acc_t>(row, g.class_stride, nullptr, 0, C, w, has_smoothing(k),
+                                                                out.check_finite, xbuf, nullptr, k.softcap);
           note_nonfinite(p, r, scan.nonfinite_class);
           lse = row_lse(scan.lse);
           ref = scan.ref;
-          x_y = static_cast<acc_t>(row[y * g.class_stride]);
+          x_y = loss_logit(k, static_cast<acc_t>(row[y * g.class_stride]));
           sums = scan.sums;
         });
+        if (!fused) continue;
+        scalar_t* grow = static_cast<scalar_t*>(fused->grad.data) + row_offset(fused->grad.geo, r);
+        if (res.kind == kTargetValid) {
+          index_grad_row(row, g.class_stride, grow, fused->grad.geo.class_stride, k, w, res.y, res.x_y, res.lse,
+                         row_grad_scale<acc_t>(fused->scale, r), row_lse_grad<acc_t>(fused->scale, r), xbuf, gbuf);
+        } else {
+          zero_row(grow, fused->grad.geo.class_stride, C);
+        }
       }
       return;
     }
@@ -432,6 +603,7 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
       int64_t offsets[L];
       const int n = lane_offsets<acc_t>(g, first, r1, offsets);
       gather_lane_rows(x, offsets, C, g.class_stride, buf);
+      if (has_softcap(k)) chunk_softcap(buf, buf, C * L, k.softcap);
       alignas(64) acc_t max[L], log_sum[L], ref[L], swd[L];
       lane_lse(buf, C, max, log_sum);
       for (int l = 0; l < L; ++l) ref[l] = row_reference(buf[l]);
@@ -457,61 +629,9 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
       }
     }
   });
-}
-
-// Small-class backward: one row per SIMD lane (see use_lane_rows).
-template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
-void index_backward_lanes(const LogitsView& xv, const IndexTargets& t, const LossConstants<acc_t>& k, const acc_t* w,
-                          const acc_t* lse, const acc_t* per_row, double scalar_scale, const GradOutput& gout) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int L = Vec::size();
-  const RowGeometry& g = xv.geo;
-  const int64_t C = g.num_classes;
-  const auto* x = static_cast<const scalar_t*>(xv.data);
-  auto* grad = static_cast<scalar_t*>(gout.data);
-  at::parallel_for(0, (g.num_rows + L - 1) / L, std::max<int64_t>(1, 2048 / C), [&](int64_t b0, int64_t b1) {
-    alignas(64) acc_t buf[kLaneRowsMaxClasses * L];
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t first = b * L;
-      int64_t offsets[L];
-      const int n = lane_offsets<acc_t>(g, first, g.num_rows, offsets);
-      gather_lane_rows(x, offsets, C, g.class_stride, buf);
-      alignas(64) acc_t scale[L], mass[L], max[L], log_sum[L], ks[L], ke[L];
-      int64_t y[L];
-      bool valid[L];
-      for (int l = 0; l < L; ++l) {
-        const int64_t r = first + std::min(l, n - 1);
-        y[l] = read_target(t, r);
-        valid[l] = l < n && classify_target(y[l], C, t.ignore_index) == kTargetValid;
-        scale[l] = valid[l] ? (per_row ? per_row[r] : static_cast<acc_t>(scalar_scale)) : acc_t(0);
-        mass[l] = valid[l] ? index_row_mass(k, w ? w[y[l]] : acc_t(1)) : acc_t(0);
-        const RowLse<acc_t> row = valid[l] ? load_row_lse(lse, r) : RowLse<acc_t>{0, 0};
-        max[l] = row.max;
-        log_sum[l] = row.log_sum;
-        ks[l] = scale[l] * mass[l];
-        ke[l] = scale[l] * smoothing_per_class(k);
-      }
-      const Vec vks = Vec::loadu(ks), vke = Vec::loadu(ke), vmax = Vec::loadu(max), vlog_sum = Vec::loadu(log_sum);
-      for (int64_t c = 0; c < C; ++c) {
-        const Vec xc = Vec::loadu(buf + c * L);
-        (vks * vexp((xc - vmax) - vlog_sum) - vke * Vec(w ? w[c] : acc_t(1))).store(buf + c * L);
-      }
-      for (int l = 0; l < n; ++l) {
-        scalar_t* grow = grad + row_offset(gout.geo, first + l);
-        const int64_t gstride = gout.geo.class_stride;
-        if (!valid[l]) {
-          zero_row(grow, gstride, C);
-          continue;
-        }
-        for (int64_t c = 0; c < C; ++c) grow[c * gstride] = static_cast<scalar_t>(buf[c * L + l]);
-        // The target element, recomputed whole in acc_t from the logit itself.
-        const acc_t w_y = w ? w[y[l]] : acc_t(1);
-        const acc_t x_y = static_cast<acc_t>(x[offsets[l] + y[l] * g.class_stride]);
-        grow[y[l] * gstride] = static_cast<scalar_t>(
-            grad_element(scale[l], mass[l], x_y, RowLse<acc_t>{max[l], log_sum[l]}, index_target_mass(k, w_y, true, w_y)));
-      }
-    }
-  });
+  // Small class counts: the gradient pass re-gathers the (short) rows after the whole forward.
+  if (fused && use_lane_rows(g)) index_backward_lanes<scalar_t>(xv, t, k, w, lse_out, fused->scale, fused->grad);
+  return totals;
 }
 
 template <typename scalar_t>
@@ -523,12 +643,11 @@ void index_backward_typed(const LogitsView& xv, const IndexTargets& t, const Los
   const auto* x = static_cast<const scalar_t*>(xv.data);
   const auto* w = static_cast<const acc_t*>(o.weight);
   const auto* lse = static_cast<const acc_t*>(lse_ptr);
-  const auto* per_row = static_cast<const acc_t*>(gs.per_row);
   auto* grad = static_cast<scalar_t*>(gout.data);
   const LossConstants<acc_t> k = loss_constants<acc_t>(o, C);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
   if (use_lane_rows(g)) {
-    index_backward_lanes<scalar_t>(xv, t, k, w, lse, per_row, gs.scalar, gout);
+    index_backward_lanes<scalar_t>(xv, t, k, w, lse, gs, gout);
     return;
   }
   at::parallel_for(0, g.num_rows, grain, [&](int64_t r0, int64_t r1) {
@@ -542,21 +661,9 @@ void index_backward_typed(const LogitsView& xv, const IndexTargets& t, const Los
         continue;
       }
       const scalar_t* row = x + row_offset(g, r);
-      const acc_t scale = per_row ? per_row[r] : static_cast<acc_t>(gs.scalar);
-      const acc_t w_y = w ? w[y] : acc_t(1);
-      const acc_t mass = index_row_mass(k, w_y);
-      for (int64_t c0 = 0; c0 < C; c0 += kChunkElems) {
-        const int64_t n = std::min(kChunkElems, C - c0);
-        const acc_t* xs = load_chunk(row, g.class_stride, c0, n, xbuf);
-        acc_t* gs_out = chunk_target(grow, gout.geo.class_stride, c0, gbuf);
-        chunk_grad<acc_t>(gs_out, xs, w ? w + c0 : nullptr, nullptr, n, load_row_lse(lse, r), scale, mass, acc_t(0),
-                          smoothing_per_class(k));
-        store_chunk(grow, gout.geo.class_stride, c0, n, gs_out);
-      }
-      // The target element, recomputed whole in acc_t (not patched into a rounded value).
-      const acc_t a_y = index_target_mass(k, w_y, true, w_y);
-      grow[y * gout.geo.class_stride] = static_cast<scalar_t>(
-          grad_element(scale, mass, static_cast<acc_t>(row[y * g.class_stride]), load_row_lse(lse, r), a_y));
+      const acc_t x_y = loss_logit(k, static_cast<acc_t>(row[y * g.class_stride]));
+      index_grad_row(row, g.class_stride, grow, gout.geo.class_stride, k, w, y, x_y, load_row_lse(lse, r),
+                     row_grad_scale<acc_t>(gs, r), row_lse_grad<acc_t>(gs, r), xbuf, gbuf);
     }
   });
 }
@@ -657,6 +764,13 @@ void index_backward(const LogitsView& x, const IndexTargets& t, const LossOption
                     const GradScale& g, const GradOutput& grad) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.dtype, "index_backward",
                                   [&] { index_backward_typed<scalar_t>(x, t, o, lse, g, grad); });
+}
+
+ForwardTotals index_forward_grad(const LogitsView& x, const IndexTargets& t, const LossOptions& o,
+                                 const ForwardOutputs& out, const GradScale& g, const GradOutput& grad) {
+  const FusedGrad fused{g, grad};
+  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.dtype, "index_forward_grad",
+                                         [&] { return index_forward_typed<scalar_t>(x, t, o, out, &fused); });
 }
 
 ForwardTotals prob_forward(const LogitsView& x, const LogitsView& q, const LossOptions& o,

@@ -38,8 +38,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   T* grad = static_cast<T*>(a.grad.data);
   const acc_t* w = static_cast<const acc_t*>(a.weight);
   const acc_t* lse = static_cast<const acc_t*>(a.lse);
-  const LossConstants<acc_t> k = loss_constants<acc_t>(a.weight_sum, a.label_smoothing, C);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(a.weight_sum, a.label_smoothing, C, a.z_scale, a.softcap);
   const acc_t shared_scale = uniform_scale<acc_t>(a.scale, a.reduction);
+  const acc_t* lse_grad = static_cast<const acc_t*>(a.lse_grad);
 
   for (int64_t group = blockIdx.x; group < plan.groups; group += plan.grid) {
     const Slot s = slot_of(plan, group, static_cast<int>(threadIdx.x));
@@ -54,7 +55,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     const RowSpan span = row_span(address_of(row), C, x_stride, sizeof(T));
     const bool g_vec = vector_compatible(span, address_of(row), address_of(g_row), g_stride);
     const IndexGradRow<acc_t> g = index_grad_row(k, w, y, row_scale<acc_t>(a.scale, shared_scale, s.row),
-                                                    load_row_lse(lse, s.row));
+                                                    load_row_lse(lse, s.row), lse_grad ? lse_grad[s.row] : acc_t(0));
     auto grad_of = [&](int64_t c, acc_t xc) { return from_acc<T>(g(c, xc)); };
     for_each_unit(
         span, s.lane, plan.team, [&](int64_t c) { g_row[c * g_stride] = grad_of(c, to_acc(row[c * x_stride])); },

@@ -8,6 +8,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
+#include <ATen/ops/ones.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -83,13 +84,17 @@ void raise_now(const Tensor& status, cudaStream_t stream, at::IntArrayRef target
 
 ForwardArgs forward_args(const Tensor& logits, const View& x, const Weights& w, double label_smoothing,
                          int64_t reduction, bool check_finite, const Tensor& loss, const Tensor& lse,
-                         const Tensor& workspace, const Tensor& total_weight, const Tensor& status) {
+                         const Tensor& workspace, const Tensor& total_weight, const Tensor& status,
+                         double z_scale = 0, double softcap = 0) {
   ForwardArgs f{};
   f.dtype = dtype_of(logits.scalar_type());
   f.x = x;
   f.weight = data_or_null(w.w);
   f.weight_sum = data_or_null(w.sum);
   f.label_smoothing = label_smoothing;
+  f.z_scale = z_scale;
+  f.softcap = softcap;
+  f.loss_out_acc = reduction != kReductionNone && loss.scalar_type() != logits.scalar_type();
   f.reduction = reduction;
   f.check_finite = check_finite;
   f.loss_rows = reduction == kReductionNone ? loss.data_ptr() : nullptr;
@@ -136,61 +141,130 @@ Tensor saved_lse(const Tensor& lse, const Tensor& logits, at::ScalarType acc, in
   return lse.to(logits.device(), acc).contiguous();
 }
 
+// The class-index forward: loss, lse, total weight and status (loss_acc: a reduced loss in the
+// accumulate dtype instead of the logits').
+struct IndexForwardOut {
+  Tensor loss, lse, total_weight, status;
+};
+
+IndexForwardOut index_forward(const Tensor& logits, const Tensor& target, const Weights& w, int64_t reduction,
+                              int64_t ignore_index, double label_smoothing, bool check_finite, double z_scale,
+                              double softcap, bool loss_acc, cudaStream_t stream) {
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Tensor target_c = target.contiguous();
+  const View x = view_of(logits);
+  IndexForwardOut o;
+  o.lse = at::empty({x.ix.num_rows, 2}, logits.options().dtype(acc));
+  o.loss = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options())
+                                       : at::empty({}, logits.options().dtype(loss_acc ? acc : logits.scalar_type()));
+  o.total_weight = at::empty({}, logits.options().dtype(acc));
+  o.status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
+  const DType dtype = dtype_of(logits.scalar_type());
+  const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix)}, logits.options().dtype(at::kByte));
+  IndexForward a{};
+  a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, o.loss, o.lse, workspace,
+                     o.total_weight, o.status, z_scale, softcap);
+  a.t = IndexTargetArgs{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
+  C10_CUDA_CHECK(index_forward_launch(a, stream));
+  return o;
+}
+
+// The class-index gradient into `grad` (which may be the logits themselves).
+void index_backward(const ScaleHolder& scale, const Tensor& logits, const Tensor& target, const Weights& w,
+                    const Tensor& lse, int64_t reduction, int64_t ignore_index, double label_smoothing,
+                    double z_scale, double softcap, const Tensor& lse_grad, Tensor& grad, cudaStream_t stream) {
+  const Tensor target_c = target.contiguous();
+  IndexBackward a{};
+  a.dtype = dtype_of(logits.scalar_type());
+  a.x = view_of(logits);
+  a.t = IndexTargetArgs{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
+  a.weight = data_or_null(w.w);
+  a.weight_sum = data_or_null(w.sum);
+  a.label_smoothing = label_smoothing;
+  a.z_scale = z_scale;
+  a.softcap = softcap;
+  a.reduction = reduction;
+  a.lse = lse.const_data_ptr();
+  a.lse_grad = data_or_null(lse_grad);
+  a.scale = scale.args;
+  a.grad = mutable_view_of(grad);
+  C10_CUDA_CHECK(index_backward_launch(a, stream));
+}
+
+// The per-row lse gradient in the accumulate dtype on the logits' device, or undefined.
+Tensor lse_grad_of(const std::optional<Tensor>& grad_lse, const Tensor& logits, at::ScalarType acc) {
+  if (!grad_lse.has_value() || !grad_lse->defined()) return Tensor();
+  return grad_lse->to(logits.device(), acc).contiguous();
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& logits, const Tensor& target,
                                                                   const std::optional<Tensor>& weight,
                                                                   int64_t reduction, int64_t ignore_index,
                                                                   double label_smoothing, bool check_finite,
-                                                                  int64_t validate) {
+                                                                  int64_t validate, double lse_square_scale,
+                                                                  double softcap) {
   check_index_op_args(logits, target, weight, reduction);
+  check_llm_options(lse_square_scale, softcap);
+  TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
+              validate);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const Weights w = weights_of(weight, accumulate_dtype(logits.scalar_type()), stream);
+  const IndexForwardOut o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
+                                          lse_square_scale, softcap, false, stream);
+  if (validate == 1) raise_now(o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes());
+  return {o.loss, o.lse, o.total_weight, o.status};
+}
+
+Tensor cross_entropy_bwd_cuda(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                              const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                              int64_t reduction, int64_t ignore_index, double label_smoothing,
+                              double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
+  check_index_op_args(logits, target, weight, reduction);
+  check_llm_options(lse_square_scale, softcap);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto acc = accumulate_dtype(logits.scalar_type());
+  const Weights w = weights_of(weight, acc, stream);
+  const int64_t num_rows = make_row_geometry(logits).num_rows;
+  check_rows_tensor(grad_lse, num_rows, "grad_lse");
+  const Tensor lse_c = saved_lse(lse, logits, acc, num_rows);
+  const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight, num_rows, logits, acc);
+  Tensor grad = at::empty_like(logits);
+  index_backward(scale, logits, target, w, lse_c, reduction, ignore_index, label_smoothing, lse_square_scale, softcap,
+                 lse_grad_of(grad_lse, logits, acc), grad, stream);
+  return grad;
+}
+
+// The chunk step of linear_cross_entropy (see ops.cpp): the forward, then the backward kernel
+// writing the gradient over the logits (each element is read and then written by one thread).
+// Two passes over the chunk, where the CPU op fuses them per row.
+std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
+    Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, int64_t reduction,
+    int64_t ignore_index, double label_smoothing, double lse_square_scale, double softcap,
+    const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_lse, bool check_finite,
+    int64_t validate) {
+  check_index_op_args(logits, target, weight, reduction);
+  check_llm_options(lse_square_scale, softcap);
+  TORCH_CHECK(reduction != kReductionMean, "validated_loss: cross_entropy_fwd_grad takes reduction 'none' or 'sum'");
   TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
               validate);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const auto acc = accumulate_dtype(logits.scalar_type());
-  const Tensor target_c = target.contiguous();
   const Weights w = weights_of(weight, acc, stream);
-  const View x = view_of(logits);
-  const Tensor lse = at::empty({x.ix.num_rows, 2}, logits.options().dtype(acc));
-  const Tensor loss = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options())
-                                                  : at::empty({}, logits.options());
-  const Tensor total_weight = at::empty({}, logits.options().dtype(acc));
-  const Tensor status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
-  const DType dtype = dtype_of(logits.scalar_type());
-  const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix)}, logits.options().dtype(at::kByte));
-  IndexForward a{};
-  a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, loss, lse, workspace, total_weight,
-                     status);
-  a.t = IndexTargetArgs{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
-  C10_CUDA_CHECK(index_forward_launch(a, stream));
-  if (validate == 1) raise_now(status, stream, target.sizes(), x.ix.num_classes, ignore_index, logits.sizes());
-  return {loss, lse, total_weight, status};
-}
-
-Tensor cross_entropy_bwd_cuda(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
-                              const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
-                              int64_t reduction, int64_t ignore_index, double label_smoothing) {
-  check_index_op_args(logits, target, weight, reduction);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto acc = accumulate_dtype(logits.scalar_type());
-  const Tensor target_c = target.contiguous();
-  const Weights w = weights_of(weight, acc, stream);
-  IndexBackward a{};
-  a.dtype = dtype_of(logits.scalar_type());
-  a.x = view_of(logits);
-  const Tensor lse_c = saved_lse(lse, logits, acc, a.x.ix.num_rows);
-  const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight, a.x.ix.num_rows, logits, acc);
-  Tensor grad = at::empty_like(logits);
-  a.t = IndexTargetArgs{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
-  a.weight = data_or_null(w.w);
-  a.weight_sum = data_or_null(w.sum);
-  a.label_smoothing = label_smoothing;
-  a.reduction = reduction;
-  a.lse = lse_c.const_data_ptr();
-  a.scale = scale.args;
-  a.grad = mutable_view_of(grad);
-  C10_CUDA_CHECK(index_backward_launch(a, stream));
-  return grad;
+  const int64_t num_rows = make_row_geometry(logits).num_rows;
+  check_rows_tensor(grad_lse, num_rows, "grad_lse");
+  const IndexForwardOut o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
+                                          lse_square_scale, softcap, true, stream);
+  const Tensor ones = at::ones(reduction == kReductionNone ? at::IntArrayRef(rows_shape(logits)) : at::IntArrayRef{},
+                               logits.options().dtype(acc));
+  const Tensor& g = grad_loss.has_value() && grad_loss->defined() ? *grad_loss : ones;
+  const ScaleHolder scale = grad_scale(g, reduction, Tensor(), num_rows, logits, acc);
+  index_backward(scale, logits, target, w, o.lse, reduction, ignore_index, label_smoothing, lse_square_scale, softcap,
+                 lse_grad_of(grad_lse, logits, acc), logits, stream);
+  if (validate == 1) raise_now(o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes());
+  return {o.loss, o.lse, o.total_weight, o.status};
 }
 
 std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& logits, const Tensor& target,
@@ -254,6 +328,7 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cuda(const Tensor& grad_loss, 
 TORCH_LIBRARY_IMPL(validated_loss, CUDA, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cuda);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd_cuda);
+  m.impl("cross_entropy_fwd_grad", &cross_entropy_fwd_grad_cuda);
   m.impl("cross_entropy_prob_fwd", &cross_entropy_prob_fwd_cuda);
   m.impl("cross_entropy_prob_bwd", &cross_entropy_prob_bwd_cuda);
 }

@@ -30,7 +30,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   const int64_t x_stride = f.x.ix.class_stride;
   const T* x = static_cast<const T*>(f.x.data);
   const acc_t* w = static_cast<const acc_t*>(f.weight);
-  const LossConstants<acc_t> k = loss_constants<acc_t>(f.weight_sum, f.label_smoothing, C);
+  const LossConstants<acc_t> k = loss_constants<acc_t>(f.weight_sum, f.label_smoothing, C, f.z_scale, f.softcap);
   const ScanOptions o{kProb || has_smoothing(k), has_smoothing(k), f.check_finite};
   acc_t* lse_out = static_cast<acc_t*>(f.lse);
   T* loss_rows = static_cast<T*>(f.loss_rows);
@@ -56,8 +56,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
       q_row = static_cast<const T*>(q.data) + (scan ? row_start(q.ix, s.row) : 0);
       q_vec = vector_compatible(span, address_of(row), address_of(q_row), q.ix.class_stride);
     }
-    const acc_t ref = (scan && o.need_sums && C > 0) ? row_reference(to_acc(row[0])) : acc_t(0);
-    const RowLoader<T, kProb> load{row, x_stride, q_row, q.ix.class_stride, q_vec};
+    const RowLoader<T, kProb> load{row, x_stride, q_row, q.ix.class_stride, q_vec, k.softcap};
+    const acc_t ref = (scan && o.need_sums && C > 0) ? row_reference(load.logit(row[0])) : acc_t(0);
     LaneState<acc_t> st = scan_lane<acc_t, V>(span, s.lane, plan.team, load, w, ref, o);
     st = Team::all(st, plan.team, team_storage);
 
@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
         out = prob_row_finish(k, s.row, ref, st, totals);
       } else {
         const bool valid = kind == kTargetValid;
-        const acc_t x_y = valid ? to_acc(row[y * x_stride]) : acc_t(0);
+        const acc_t x_y = valid ? load.logit(row[y * x_stride]) : acc_t(0);
         const acc_t w_y = (valid && w) ? w[y] : acc_t(1);
         out = index_row_finish(k, s.row, kind, y, x_y, w_y, ref, st, totals);
       }

@@ -39,12 +39,15 @@ struct ForwardArgs {
   const void* weight;        // C acc values, or nullptr
   const void* weight_sum;    // device acc scalar: sum of weight (weight_sum_launch), or nullptr
   double label_smoothing;
+  double z_scale;            // z-loss scale, 0: none (class-index targets)
+  double softcap;            // logit softcap, 0: none (class-index targets)
   int64_t reduction;         // 0 none, 1 mean, 2 sum
   bool check_finite;
+  bool loss_out_acc;         // loss_out is an acc scalar (the fused op's 'sum'), else T
   void* loss_rows;           // 'none': T per row (flat row order); else nullptr
   void* lse;                 // acc[rows][2]: {max, log_sum} per row (store_row_lse)
   void* workspace;           // forward_workspace_bytes()
-  void* loss_out;            // 'mean'/'sum': 0-dim T; else nullptr
+  void* loss_out;            // 'mean'/'sum': 0-dim T (acc when loss_out_acc); else nullptr
   void* total_weight_out;    // 0-dim acc, or nullptr
   int64_t* status;           // int64[kStatusSize]
 };
@@ -82,10 +85,14 @@ struct IndexBackward {
   const void* weight;
   const void* weight_sum;
   double label_smoothing;
+  double z_scale;
+  double softcap;
   int64_t reduction;
   const void* lse;           // acc[rows][2] (load_row_lse)
+  const void* lse_grad;      // acc per row: gradient of the row's returned lse, or nullptr
   GradScaleArgs scale;
-  MutableView grad;          // T, logits' shape
+  MutableView grad;          // T, logits' shape; may be x itself (every element is read, then
+                             // written, by the same thread)
 };
 
 struct ProbBackward {

@@ -13,7 +13,8 @@ namespace validated_loss::cuda {
 
 // Loads logits (and, kWithQ, probability targets) of one row as acc values, for scan_lane. The
 // logits row set the span, so its vectors are aligned; q uses vectors only when it has the same
-// 16-byte phase and class stride 1 (q_vec), else element by element.
+// 16-byte phase and class stride 1 (q_vec), else element by element. cap > 0: the logits come
+// out softcapped (cap * tanh(x / cap)), as the loss sees them.
 template <typename T, bool kWithQ>
 struct RowLoader {
   using acc_t = acc_of<T>;
@@ -23,16 +24,22 @@ struct RowLoader {
   const T* q;
   int64_t q_stride;
   bool q_vec;
+  acc_t cap;
+
+  __device__ __forceinline__ acc_t logit(T v) const {
+    const acc_t a = to_acc(v);
+    return cap > acc_t(0) ? softcap_logit(a, cap) : a;
+  }
 
   __device__ __forceinline__ void scalar(int64_t c, acc_t& xv, acc_t& qv) const {
-    xv = to_acc(x[c * x_stride]);
+    xv = logit(x[c * x_stride]);
     qv = kWithQ ? to_acc(q[c * q_stride]) : acc_t(0);
   }
 
   __device__ __forceinline__ void vector(int64_t c0, acc_t* xv, acc_t* qv) const {
     const Pack<T> p = load_pack(x + c0);
 #pragma unroll
-    for (int j = 0; j < V; ++j) xv[j] = to_acc(p.v[j]);
+    for (int j = 0; j < V; ++j) xv[j] = logit(p.v[j]);
     if constexpr (kWithQ) {
       if (q_vec) {
         const Pack<T> pq = load_pack(q + c0);
@@ -56,9 +63,11 @@ __device__ __forceinline__ int64_t read_target(const IndexTargetArgs& t, int64_t
 
 template <typename acc_t>
 __device__ __forceinline__ LossConstants<acc_t> loss_constants(const void* weight_sum, double smoothing,
-                                                               int64_t num_classes) {
+                                                               int64_t num_classes, double z_scale = 0,
+                                                               double softcap = 0) {
   const acc_t sum_weight = weight_sum ? *static_cast<const acc_t*>(weight_sum) : static_cast<acc_t>(num_classes);
-  return {num_classes, static_cast<acc_t>(smoothing), sum_weight};
+  return {num_classes, static_cast<acc_t>(smoothing), sum_weight, static_cast<acc_t>(z_scale),
+          static_cast<acc_t>(softcap)};
 }
 
 // The scale every row shares ('mean'/'sum'), computed once per thread before the row loop:

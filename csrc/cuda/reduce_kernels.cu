@@ -33,10 +33,12 @@ __device__ __forceinline__ T from_double(double v) {
   }
 }
 
+// loss_out is a T, or (loss_out_acc) an acc_of<T>.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
-    finalize_kernel(const BlockTotals* partials, int64_t num_blocks, T* loss_out, acc_of<T>* total_weight_out,
-                    int64_t* status, int64_t reduction, bool mean_over_rows, double num_rows) {
+    finalize_kernel(const BlockTotals* partials, int64_t num_blocks, void* loss_out, bool loss_out_acc,
+                    acc_of<T>* total_weight_out, int64_t* status, int64_t reduction, bool mean_over_rows,
+                    double num_rows) {
   __shared__ typename TotalsReduce::TempStorage storage;
   BlockTotals t = totals_empty();
   for (int64_t b = threadIdx.x; b < num_blocks; b += kThreads) t = totals_merge(t, partials[b]);
@@ -44,7 +46,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   if (threadIdx.x != 0) return;
   if (loss_out) {
     const double divisor = mean_over_rows ? num_rows : t.total_weight;
-    *loss_out = from_double<T>(reduction == kReductionMean ? mean_loss(t.loss_sum, divisor) : t.loss_sum);
+    const double loss = reduction == kReductionMean ? mean_loss(t.loss_sum, divisor) : t.loss_sum;
+    if (loss_out_acc) {
+      *static_cast<acc_of<T>*>(loss_out) = static_cast<acc_of<T>>(loss);
+    } else {
+      *static_cast<T*>(loss_out) = from_double<T>(loss);
+    }
   }
   if (total_weight_out) *total_weight_out = static_cast<acc_of<T>>(t.total_weight);
   status[kStatusInvalidPosition] = t.invalid.position;
@@ -78,7 +85,7 @@ cudaError_t finalize_launch(const ForwardArgs& f, int64_t num_blocks, bool mean_
   return dispatch_dtype(f.dtype, [&](auto tag) {
     using T = decltype(tag);
     finalize_kernel<T><<<1, kThreads, 0, stream>>>(
-        static_cast<const BlockTotals*>(f.workspace), num_blocks, static_cast<T*>(f.loss_out),
+        static_cast<const BlockTotals*>(f.workspace), num_blocks, f.loss_out, f.loss_out_acc,
         static_cast<acc_of<T>*>(f.total_weight_out), f.status, f.reduction, mean_over_rows,
         static_cast<double>(num_rows));
     return cudaGetLastError();

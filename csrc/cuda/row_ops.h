@@ -55,7 +55,8 @@ XENT_HD RowOut<acc_t> prob_row_finish(const LossConstants<acc_t>& k, int64_t row
 }
 
 // The gradient of a valid class-index row, element by element: every element (the target's too)
-// computed whole from its logit, never patched into a rounded value.
+// computed whole from its raw logit x (capped here when the call softcaps), never patched into a
+// rounded value; z-loss and the lse gradient enter through `extra` (softmax_extra).
 template <typename acc_t>
 struct IndexGradRow {
   LossConstants<acc_t> k;
@@ -65,18 +66,21 @@ struct IndexGradRow {
   acc_t mass;
   acc_t scale;
   RowLse<acc_t> lse;
+  acc_t extra;
 
   XENT_HD acc_t operator()(int64_t c, acc_t x) const {
     const acc_t a_c = index_target_mass(k, w ? w[c] : acc_t(1), c == y, w_y);
-    return grad_element(scale, mass, x, lse, a_c);
+    if (!has_softcap(k)) return grad_element(scale, mass, x, lse, a_c, extra);
+    const acc_t capped = softcap_logit(x, k.softcap);
+    return grad_element(scale, mass, capped, lse, a_c, extra) * softcap_slope(capped, k.softcap);
   }
 };
 
 template <typename acc_t>
 XENT_HD IndexGradRow<acc_t> index_grad_row(const LossConstants<acc_t>& k, const acc_t* w, int64_t y, acc_t scale,
-                                           RowLse<acc_t> lse) {
+                                           RowLse<acc_t> lse, acc_t lse_grad = acc_t(0)) {
   const acc_t w_y = w ? w[y] : acc_t(1);
-  return {k, w, y, w_y, index_row_mass(k, w_y), scale, lse};
+  return {k, w, y, w_y, index_row_mass(k, w_y), scale, lse, softmax_extra(k, scale, lse, lse_grad)};
 }
 
 // A probability row's gradients: d/dx_c and d/dq_c. mass from prob_row_mass of the row's
