@@ -47,6 +47,11 @@ TARGET_SPEEDUP = 1.0        # torch chunked time / ours, at least
 # Worker: one contender, one measurement, in this (fresh) process.
 
 
+
+def _ratio(numerator, denominator):
+    """'1.23x', or '-' when the denominator measured nothing (tiny shapes)."""
+    return f"{numerator / denominator:.2f}x" if denominator else "-"
+
 def _memory_status():
     out = {}
     with open("/proc/self/status") as f:
@@ -211,9 +216,9 @@ def _report(rows, args):
         if name not in rows:
             continue
         r = rows[name]
-        speed = f"{ref['seconds'] / r['seconds']:.2f}x" if ref else "-"
-        mem = f"{r['peak_extra_bytes'] / ref['peak_extra_bytes']:.2f}x" if ref else "-"
-        absolute = f"{r['peak_bytes'] / ref['peak_bytes']:.2f}x" if ref else "-"
+        speed = _ratio(ref["seconds"], r["seconds"]) if ref else "-"
+        mem = _ratio(r["peak_extra_bytes"], ref["peak_extra_bytes"]) if ref else "-"
+        absolute = _ratio(r["peak_bytes"], ref["peak_bytes"]) if ref else "-"
         lines.append(f"| {name} | {r['seconds']:.2f} | {speed} | {_mib(r['peak_extra_bytes'])} | {mem} | "
                      f"{_mib(r['peak_bytes'])} | {absolute} | {r['loss']:.6f} | {r['grad_w_norm']:.6g} |")
     lines += ["", f"peak extra = peak resident memory during the call minus the resident size just before it "
@@ -222,8 +227,9 @@ def _report(rows, args):
     verdict = None
     if ref and OURS in rows:
         ours = rows[OURS]
-        mem_ratio = ours["peak_extra_bytes"] / ref["peak_extra_bytes"]
-        abs_ratio = ours["peak_bytes"] / ref["peak_bytes"]
+        # A tiny shape can allocate nothing measurable: no ratio then (inf), never a crash.
+        mem_ratio = ours["peak_extra_bytes"] / ref["peak_extra_bytes"] if ref["peak_extra_bytes"] else float("inf")
+        abs_ratio = ours["peak_bytes"] / ref["peak_bytes"] if ref["peak_bytes"] else float("inf")
         speedup = ref["seconds"] / ours["seconds"]
         verdict = {
             "memory_ratio": mem_ratio, "absolute_memory_ratio": abs_ratio, "speedup": speedup,
