@@ -154,6 +154,16 @@ acc_t chunk_min(const acc_t* x, int64_t n) {
   return m;
 }
 
+// Asks for the next chunk of a contiguous row while this one is being computed on (from L1), so
+// the memory traffic of chunk k+1 overlaps the exp work of chunk k.
+template <typename scalar_t>
+void prefetch_chunk(const scalar_t* row, int64_t stride, int64_t c0, int64_t num_classes) {
+  if (stride != 1 || c0 >= num_classes) return;
+  const char* begin = reinterpret_cast<const char*>(row + c0);
+  const char* end = reinterpret_cast<const char*>(row + std::min(num_classes, c0 + kChunkElems));
+  for (const char* p = begin; p < end; p += 64) __builtin_prefetch(p);
+}
+
 // sum_c exp(x_c - m); m is the chunk's max, so nothing overflows.
 template <typename acc_t>
 acc_t chunk_sum_exp(const acc_t* x, int64_t n, acc_t m) {
@@ -337,6 +347,7 @@ RowScan<acc_t> scan_row(const scalar_t* x_row, int64_t x_stride, const scalar_t*
   for (int64_t c0 = 0; c0 < num_classes; c0 += kChunkElems) {
     const int64_t n = std::min(kChunkElems, num_classes - c0);
     const acc_t* xs = load_logits(x_row, x_stride, c0, n, xbuf, cap);
+    prefetch_chunk(x_row, x_stride, c0 + kChunkElems, num_classes);
     const acc_t m = chunk_max(xs, n);
     if (m != -INFINITY) scan.lse = lse_combine(scan.lse, LseState<acc_t>{m, chunk_sum_exp(xs, n, m)});
     if (check_finite && scan.nonfinite_class < 0 && !(m - m == 0 && is_finite(chunk_min(xs, n)))) {
