@@ -85,34 +85,9 @@ std::vector<int64_t> rows_shape(const at::Tensor& logits) {
 }
 
 RowGeometry make_row_geometry(const at::Tensor& logits) {
-  RowGeometry g{};
-  g.num_classes = logits.size(1);
-  g.class_stride = logits.stride(1);
-  g.num_rows = 1;
-  // Row dimensions, outermost first, without size-1 dimensions (their stride never matters).
-  std::vector<std::pair<int64_t, int64_t>> dims;
-  for (int64_t d = 0; d < logits.dim(); ++d) {
-    if (d == 1) continue;
-    g.num_rows *= logits.size(d);
-    if (logits.size(d) != 1) dims.emplace_back(logits.size(d), logits.stride(d));
-  }
-  // Merge a dimension into the one outside it when the outer stride is size * inner stride.
-  std::vector<std::pair<int64_t, int64_t>> merged;
-  for (const auto& dim : dims) {
-    if (!merged.empty() && merged.back().second == dim.first * dim.second) {
-      merged.back() = {merged.back().first * dim.first, dim.second};
-    } else {
-      merged.push_back(dim);
-    }
-  }
-  if (merged.empty()) merged.emplace_back(1, 0);
-  TORCH_CHECK(merged.size() <= static_cast<size_t>(kMaxRowDims),
+  RowGeometry g;
+  TORCH_CHECK(make_row_geometry(logits.sizes().data(), logits.strides().data(), static_cast<int>(logits.dim()), g),
               "validated_loss: logits with more than ", kMaxRowDims, " non-mergeable row dimensions");
-  g.ndim = static_cast<int>(merged.size());
-  for (int d = 0; d < g.ndim; ++d) {
-    g.sizes[d] = merged[d].first;
-    g.strides[d] = merged[d].second;
-  }
   return g;
 }
 

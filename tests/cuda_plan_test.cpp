@@ -53,30 +53,8 @@ struct Layout {
 };
 
 static RowGeometry geometry_of(const Layout& t) {
-  RowGeometry g{};
-  g.num_classes = t.sizes[1];
-  g.class_stride = t.strides[1];
-  g.num_rows = 1;
-  std::vector<std::pair<int64_t, int64_t>> dims;
-  for (size_t d = 0; d < t.sizes.size(); ++d) {
-    if (d == 1) continue;
-    g.num_rows *= t.sizes[d];
-    if (t.sizes[d] != 1) dims.emplace_back(t.sizes[d], t.strides[d]);
-  }
-  std::vector<std::pair<int64_t, int64_t>> merged;
-  for (const auto& dim : dims) {
-    if (!merged.empty() && merged.back().second == dim.first * dim.second) {
-      merged.back() = {merged.back().first * dim.first, dim.second};
-    } else {
-      merged.push_back(dim);
-    }
-  }
-  if (merged.empty()) merged.emplace_back(1, 0);
-  g.ndim = static_cast<int>(merged.size());
-  for (int d = 0; d < g.ndim; ++d) {
-    g.sizes[d] = merged[d].first;
-    g.strides[d] = merged[d].second;
-  }
+  RowGeometry g;
+  if (!make_row_geometry(t.sizes.data(), t.strides.data(), static_cast<int>(t.sizes.size()), g)) std::abort();
   return g;
 }
 
