@@ -141,7 +141,7 @@ def main(argv=None):
         x, y = harness.make_inputs(n, c, dtype, device)
         group = harness.make_contenders(device, wanted)  # a fresh torch.compile for this shape
 
-        def step(what, label=label):
+        def step(what):
             bar.set_postfix_str(what, refresh=False)
             bar.update(1)
 
