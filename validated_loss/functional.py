@@ -109,21 +109,30 @@ def _check_argument_types(input, target, weight, ignore_index, label_smoothing):
                             f"not {type(value).__name__}")
     if weight is not None and not isinstance(weight, torch.Tensor):
         raise TypeError(f"cross_entropy_loss(): argument 'weight' (position 3) must be Tensor, not {type(weight).__name__}")
-    if isinstance(ignore_index, bool):
-        raise TypeError("cross_entropy_loss(): argument 'ignore_index' (position 5) must be int, not bool")
-    try:
-        ignore_index = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"cross_entropy_loss(): argument 'ignore_index' (position 5) must be int, "
-                        f"not {type(ignore_index).__name__}") from None
+    ignore_index = int_argument(ignore_index, "cross_entropy_loss(): argument 'ignore_index' (position 5)")
     if not -(2**63) <= ignore_index < 2**63:
         raise ValueError("Overflow when unpacking long long")
-    if isinstance(label_smoothing, torch.Tensor) and label_smoothing.dim() == 0:
-        label_smoothing = label_smoothing.item()
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        raise TypeError(f"cross_entropy_loss(): argument 'label_smoothing' (position 6) must be float, "
-                        f"not {type(label_smoothing).__name__}")
-    return ignore_index, float(label_smoothing)
+    label_smoothing = float_argument(label_smoothing, "cross_entropy_loss(): argument 'label_smoothing' (position 6)")
+    return ignore_index, label_smoothing
+
+
+def int_argument(value, argument):
+    """An int argument as torch's parser takes it (bool refused); `argument` names it in the error."""
+    if isinstance(value, bool):
+        raise TypeError(f"{argument} must be int, not bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{argument} must be int, not {type(value).__name__}") from None
+
+
+def float_argument(value, argument):
+    """A float argument as torch's parser takes it (int or 0-dim tensor accepted, bool refused)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{argument} must be float, not {type(value).__name__}")
+    return float(value)
 
 
 def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoothing, check_finite, validate,

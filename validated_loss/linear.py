@@ -13,7 +13,6 @@ the path:
     transforms, forward-mode AD, mixed dtypes: torch's own errors then).
 """
 
-import operator
 import warnings
 
 import torch
@@ -26,7 +25,7 @@ from . import _linear_chunked
 from ._linear_chunked import Plan, auto_chunk_rows
 from ._llm_options import llm_options
 from ._status import STATUS_INVALID_COUNT
-from .functional import VALIDATE_MODES, cross_entropy
+from .functional import VALIDATE_MODES, cross_entropy, float_argument, int_argument
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -176,19 +175,8 @@ def _whole_logits(input, linear_weight, target, linear_bias, logits_shape, optio
 
 
 def _check_argument_types(ignore_index, label_smoothing):
-    if isinstance(ignore_index, bool):
-        raise TypeError("linear_cross_entropy(): argument 'ignore_index' must be int, not bool")
-    try:
-        ignore_index = operator.index(ignore_index)
-    except TypeError:
-        raise TypeError(f"linear_cross_entropy(): argument 'ignore_index' must be int, "
-                        f"not {type(ignore_index).__name__}") from None
-    if isinstance(label_smoothing, torch.Tensor) and label_smoothing.dim() == 0:
-        label_smoothing = label_smoothing.item()
-    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float)):
-        raise TypeError(f"linear_cross_entropy(): argument 'label_smoothing' must be float, "
-                        f"not {type(label_smoothing).__name__}")
-    return ignore_index, float(label_smoothing)
+    return (int_argument(ignore_index, "linear_cross_entropy(): argument 'ignore_index'"),
+            float_argument(label_smoothing, "linear_cross_entropy(): argument 'label_smoothing'"))
 
 
 def _check_metadata(input, linear_weight, target, weight, ignore_index, label_smoothing, logits_shape):
