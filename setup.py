@@ -105,7 +105,8 @@ def extension():
     if sanitize:
         cxx += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1", "-g"]
         link += [f"-fsanitize={sanitize}"]
-    sources = [f"{CSRC}/ops.cpp", f"{CSRC}/op_common.cpp", f"{CSRC}/cpu/cross_entropy.cpp"]
+    sources = [f"{CSRC}/ops.cpp", f"{CSRC}/op_common.cpp", f"{CSRC}/cpu/cross_entropy.cpp",
+               f"{CSRC}/cpu/gradient_buffer.cpp"]
     sources += [kernel_source(c) for c in CAPABILITIES]
     cuda = want_cuda()
     archs = None

@@ -10,6 +10,7 @@
 
 #include "../op_common.h"
 #include "../status.h"
+#include "gradient_buffer.h"
 #include "kernel_api.h"
 
 namespace validated_loss::cpu {
@@ -145,7 +146,7 @@ Tensor cross_entropy_bwd_cpu(const Tensor& grad_loss, const Tensor& logits, cons
   check_rows_tensor(grad_lse, x.geo.num_rows, "grad_lse");
   const Tensor lse_c = lse.to(acc).contiguous();
   const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight.item<double>(), acc, grad_lse);
-  Tensor grad = at::empty_like(logits);
+  Tensor grad = empty_gradient_like(logits);
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   kernels().index_backward(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
                            lse_c.const_data_ptr(), scale.scale, grad_output_of(grad));
@@ -216,7 +217,7 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cpu(const Tensor& grad_loss, c
   const Tensor lse_c = lse.to(acc).contiguous();
   const LogitsView x = view_of(logits);
   const ScaleHolder scale = grad_scale(grad_loss, reduction, static_cast<double>(x.geo.num_rows), acc);
-  Tensor grad_x = at::empty_like(logits);
+  Tensor grad_x = empty_gradient_like(logits);
   Tensor grad_q = target_grad ? at::empty_like(target) : at::empty({0}, logits.options());
   const GradOutput gq = target_grad ? grad_output_of(grad_q) : GradOutput{};
   kernels().prob_backward(x, view_of(target), options_of(w, label_smoothing, reduction), lse_c.const_data_ptr(),
