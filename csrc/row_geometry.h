@@ -26,6 +26,7 @@ struct RowGeometry {
 
 // Element offset of the first class of row r. 64-bit throughout: N*C may pass 2^31.
 XENT_HD int64_t row_offset(const RowGeometry& g, int64_t r) {
+  if (g.ndim == 1) return r * g.strides[0];  // r < sizes[0]: no division (most logits are 2-D)
   int64_t offset = 0;
   for (int d = g.ndim - 1; d >= 0; --d) {
     const int64_t size = g.sizes[d];

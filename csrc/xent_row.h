@@ -254,10 +254,15 @@ XENT_HD acc_t prob_row_mass(const LossConstants<acc_t>& k, acc_t swq) {
 // softmax_extra (0 without z-loss or an lse gradient, which then adds exactly nothing). Ignored
 // and invalid rows never get here: their gradient is exactly zero.
 template <typename acc_t>
+XENT_HD acc_t grad_from_prob(acc_t scale, acc_t mass, acc_t p, acc_t target_mass, acc_t extra = acc_t(0)) {
+  return scale * (mass * p - target_mass) + extra * p;
+}
+
+// The same from the logit (p = exp(log_prob)), for code that has not computed p already.
+template <typename acc_t>
 XENT_HD acc_t grad_element(acc_t scale, acc_t mass, acc_t x, RowLse<acc_t> lse, acc_t target_mass,
                            acc_t extra = acc_t(0)) {
-  const acc_t p = std::exp(log_prob(x, lse));
-  return scale * (mass * p - target_mass) + extra * p;
+  return grad_from_prob(scale, mass, std::exp(log_prob(x, lse)), target_mass, extra);
 }
 
 // The softmax coefficient a row's gradient gains besides k * S: z-loss's d(z lse^2)/dx_c =

@@ -527,6 +527,104 @@ void index_backward_lanes(const LogitsView& xv, const IndexTargets& t, const Los
   });
 }
 
+// Packed short rows (C <= kLaneRowsMaxClasses; rows back to back, row i at i * C, in both the
+// logits and the gradient: a contiguous (N, C) tensor). A block of whole rows, at most
+// kChunkElems elements, is one contiguous span: it is read into an L1 buffer and written back
+// with full-width vector copies. Inside the buffer each row is worked on in whole vectors that
+// run past its end into the next row's elements (computed, then overwritten when that row is
+// done: rows go in order); the target element is taken from the probabilities already computed
+// (no scalar exp). Strided layouts keep the rows-in-lanes kernel, where adjacent rows are
+// adjacent in memory.
+inline bool is_packed(const RowGeometry& g) {
+  return g.class_stride == 1 && g.ndim == 1 && (g.strides[0] == g.num_classes || g.sizes[0] == 1);
+}
+
+inline bool use_packed_rows(const RowGeometry& x, const RowGeometry& grad) {
+  return use_lane_rows(x) && is_packed(x) && is_packed(grad);
+}
+
+// Stores n acc_t values to contiguous memory, narrowing them when the memory is narrower.
+template <typename scalar_t, typename acc_t>
+void store_span(scalar_t* p, int64_t n, const acc_t* values) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(p, values, n * sizeof(acc_t));
+  } else {
+    store_chunk(p, 1, 0, n, values);
+  }
+}
+
+// Every block is read whole before its gradient is stored, so `gout` may be the logits themselves.
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, const LossConstants<acc_t>& k,
+                                const acc_t* w, const acc_t* lse, const GradScale& gs, const GradOutput& gout) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  const int64_t C = xv.geo.num_classes;
+  const int64_t padded = (C + L - 1) / L * L;
+  const int64_t block_rows = kChunkElems / C;
+  const auto* x = static_cast<const scalar_t*>(xv.data);
+  auto* grad = static_cast<scalar_t*>(gout.data);
+  const acc_t eps = smoothing_per_class(k);
+  // Weights padded to whole vectors, once (the padding lanes' gradients are dropped).
+  alignas(64) acc_t wpad[kLaneRowsMaxClasses];
+  for (int64_t c = 0; c < padded; ++c) wpad[c] = c < C && w ? w[c] : acc_t(1);
+  const int64_t num_blocks = (xv.geo.num_rows + block_rows - 1) / block_rows;
+  at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
+    // + kLaneRowsMaxClasses: the last row's whole vectors run past the block's end.
+    alignas(64) acc_t xbuf[kChunkElems + kLaneRowsMaxClasses], gbuf[kChunkElems + kLaneRowsMaxClasses];
+    alignas(64) acc_t pbuf[kLaneRowsMaxClasses];
+    const Vec one(acc_t(1)), vcap(k.softcap), veps(eps);
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t r0 = b * block_rows, rows = std::min(block_rows, xv.geo.num_rows - r0), n = rows * C;
+      const acc_t* xs = load_chunk(x + r0 * C, 1, 0, n, xbuf);
+      if (xs != xbuf) std::memcpy(xbuf, xs, n * sizeof(acc_t));
+      std::fill(xbuf + n, xbuf + n + padded, acc_t(0));
+      if (has_softcap(k)) chunk_softcap(xbuf, xbuf, n + padded, k.softcap);
+      for (int64_t i = 0; i < rows; ++i) {
+        const int64_t r = r0 + i;
+        const acc_t* xrow = xbuf + i * C;
+        acc_t* grow = gbuf + i * C;
+        const int64_t y = read_target(t, r);
+        if (classify_target(y, C, t.ignore_index) != kTargetValid) {
+          std::fill(grow, grow + C, acc_t(0));
+          continue;
+        }
+        const RowLse<acc_t> row = load_row_lse(lse, r);
+        const acc_t scale = row_grad_scale<acc_t>(gs, r);
+        const acc_t w_y = w ? w[y] : acc_t(1);
+        const acc_t mass = index_row_mass(k, w_y);
+        const acc_t extra = softmax_extra(k, scale, row, row_lse_grad<acc_t>(gs, r));
+        const Vec vmax(row.max), vlog_sum(row.log_sum), vks(scale * mass + extra), vk(scale);
+        for (int64_t c = 0; c < padded; c += L) {
+          const Vec p = vexp((Vec::loadu(xrow + c) - vmax) - vlog_sum);
+          p.store(pbuf + c);
+          (vks * p - vk * (Vec::loadu(wpad + c) * veps)).store(grow + c);  // chunk_grad's expression
+        }
+        grow[y] = grad_from_prob(scale, mass, pbuf[y], index_target_mass(k, w_y, true, w_y), extra);
+        if (has_softcap(k)) {
+          for (int64_t c = 0; c < padded; c += L) {
+            const Vec tc = Vec::loadu(xrow + c) / vcap;
+            (Vec::loadu(grow + c) * (one - tc * tc)).store(grow + c);
+          }
+        }
+      }
+      store_span(grad + r0 * C, n, gbuf);
+    }
+  });
+}
+
+// The small-class backward for this layout: packed rows when rows are back to back, rows in
+// lanes otherwise.
+template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
+void index_backward_small(const LogitsView& xv, const IndexTargets& t, const LossConstants<acc_t>& k, const acc_t* w,
+                          const acc_t* lse, const GradScale& gs, const GradOutput& gout) {
+  if (use_packed_rows(xv.geo, gout.geo)) {
+    index_backward_packed_rows<scalar_t>(xv, t, k, w, lse, gs, gout);
+  } else {
+    index_backward_lanes<scalar_t>(xv, t, k, w, lse, gs, gout);
+  }
+}
+
 // What the fused op adds to the forward: the gradient of every row, written to `grad` (which may
 // be the logits themselves) right after the row's forward scan, while the row is still in cache.
 struct FusedGrad {
@@ -641,7 +739,7 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
     }
   });
   // Small class counts: the gradient pass re-gathers the (short) rows after the whole forward.
-  if (fused && use_lane_rows(g)) index_backward_lanes<scalar_t>(xv, t, k, w, lse_out, fused->scale, fused->grad);
+  if (fused && use_lane_rows(g)) index_backward_small<scalar_t>(xv, t, k, w, lse_out, fused->scale, fused->grad);
   return totals;
 }
 
@@ -658,7 +756,7 @@ void index_backward_typed(const LogitsView& xv, const IndexTargets& t, const Los
   const LossConstants<acc_t> k = loss_constants<acc_t>(o, C);
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(C, 1));
   if (use_lane_rows(g)) {
-    index_backward_lanes<scalar_t>(xv, t, k, w, lse, gs, gout);
+    index_backward_small<scalar_t>(xv, t, k, w, lse, gs, gout);
     return;
   }
   at::parallel_for(0, g.num_rows, grain, [&](int64_t r0, int64_t r1) {
