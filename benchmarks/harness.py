@@ -4,6 +4,7 @@ Nothing here prints or writes files; bench.py drives it and report.py turns its 
 tables and plots.
 """
 
+import contextlib
 import gc
 import os
 import platform
@@ -129,6 +130,8 @@ class Contender:
     fn: object
     passes: tuple = PASSES
     clobbers_input: bool = False  # writes into the logits (Liger's CE stores its gradient there)
+    # Untimed context around each call (e.g. a setting only this row uses), or None.
+    around: object = None
 
 
 def _optional_cuda_contenders():
@@ -150,6 +153,17 @@ def _optional_cuda_contenders():
     return found
 
 
+@contextlib.contextmanager
+def _without_gradient_cache():
+    """The CPU gradient cache off (validated_loss/memory.py): every gradient in fresh memory, as
+    torch's allocator gives it. Setting the limit frees what the cache holds, before the timing."""
+    previous = vl.set_gradient_cache_limit(0)
+    try:
+        yield
+    finally:
+        vl.set_gradient_cache_limit(previous)
+
+
 def make_contenders(device, wanted=None):
     """The contenders for one shape/dtype. torch.compile gets a fresh, reset cache each time so
     every shape is compiled once, statically (dynamic=False), and never hits the recompile limit."""
@@ -162,6 +176,9 @@ def make_contenders(device, wanted=None):
         Contender(EAGER, F.cross_entropy),
         Contender(COMPILE, compiled),
     ]
+    if device.type == "cpu":  # the cache is the CPU backward's; this row shows what it saves
+        contenders.insert(3, Contender(f"{OURS} [no gradient cache]", lambda x, y: vl.cross_entropy(x, y),
+                                       passes=("fwd+bwd",), around=_without_gradient_cache))
     if device.type == "cuda":
         contenders += _optional_cuda_contenders()
     if wanted:
@@ -179,9 +196,17 @@ def synchronize(device):
 
 
 def run_once(contender, x, y, pass_name, device):
-    """Seconds for one call. fwd: logits that need no gradient (an evaluation loss). fwd+bwd: a
-    training step's loss: a fresh leaf with .grad None (zero_grad(set_to_none=True)), so the
-    gradient's allocation and first touch are paid inside the timing, as in training."""
+    """Seconds for one call, inside the contender's untimed `around` context when it has one."""
+    if contender.around is None:
+        return _run_once(contender, x, y, pass_name, device)
+    with contender.around():
+        return _run_once(contender, x, y, pass_name, device)
+
+
+def _run_once(contender, x, y, pass_name, device):
+    """fwd: logits that need no gradient (an evaluation loss). fwd+bwd: a training step's loss: a
+    fresh leaf with .grad None (zero_grad(set_to_none=True)), so the gradient's allocation and
+    first touch are paid inside the timing, as in training."""
     fn = contender.fn
     if contender.clobbers_input:
         x = x.clone()  # untimed: the shared logits stay intact for the others
@@ -199,7 +224,7 @@ def run_once(contender, x, y, pass_name, device):
     fn(leaf, y).backward()
     synchronize(device)
     elapsed = time.perf_counter() - start
-    leaf.grad = None
+    leaf.grad = None  # freed here, before `around` exits
     return elapsed
 
 

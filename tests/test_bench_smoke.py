@@ -42,7 +42,8 @@ def test_csv_has_the_columns_and_every_contender(run):
     groups = {(r["shape"], r["dtype"]) for r in csv_rows}
     assert groups == {("16x300", "float32"), ("16x300", "bfloat16")}
     names = {r["contender"] for r in csv_rows}
-    assert {"validated_loss", "validated_loss [validate=off]", "validated_loss [check_finite]", "torch eager",
+    assert {"validated_loss", "validated_loss [validate=off]", "validated_loss [check_finite]",
+            "validated_loss [no gradient cache]", "torch eager",
             "torch.compile"} <= names
     for r in csv_rows:
         assert float(r["ms"]) > 0

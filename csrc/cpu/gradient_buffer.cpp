@@ -1,10 +1,17 @@
 #include "gradient_buffer.h"
 
+#include <ATen/EmptyTensor.h>
 #include <ATen/ops/empty_like.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <torch/library.h>
 
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <new>
 
 #ifdef __linux__
 #include <sys/mman.h>
@@ -13,10 +20,16 @@
 namespace validated_loss::cpu {
 namespace {
 
-constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
-// Below this a buffer spans too few huge pages to matter, and small buffers are usually served
-// from memory glibc has already touched.
-constexpr size_t kAdviseFrom = size_t{4} << 20;
+constexpr size_t kHugePage = size_t{2} << 20;
+// Below this a gradient spans too few pages to matter, and glibc serves it from memory it has
+// already touched: torch's allocator takes it.
+constexpr size_t kOwnBlocksFrom = size_t{4} << 20;
+constexpr size_t kMaxCachedBlocks = 4;
+constexpr int64_t kDefaultCacheLimit = int64_t{2} << 30;
+
+size_t round_up(size_t n, size_t to) {
+  return (n + to - 1) / to * to;
+}
 
 bool huge_pages_wanted() {
   static const bool wanted = [] {
@@ -26,27 +39,155 @@ bool huge_pages_wanted() {
   return wanted;
 }
 
-// Advice on the whole 2 MiB pages inside [data, data + bytes): pages already present stay as
-// they are, pages not yet touched come in 2 MiB at a time. Failure (no THP in this kernel,
-// "never" policy) leaves ordinary pages, so the result is only ever ignored.
+int64_t initial_cache_limit() {
+  const char* v = std::getenv("VALIDATED_LOSS_GRADIENT_CACHE_MB");
+  return v == nullptr ? kDefaultCacheLimit : std::max<int64_t>(0, std::atoll(v)) << 20;
+}
+
+// Pages not yet touched come in 2 MiB at a time. Failure (no THP in this kernel, the "never"
+// policy) leaves ordinary pages, so the result is ignored.
 void advise_huge_pages(void* data, size_t bytes) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHugePage - 1);
-  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+  if (huge_pages_wanted()) (void)madvise(data, bytes, MADV_HUGEPAGE);
 #else
   (void)data;
   (void)bytes;
 #endif
 }
 
+// Free blocks by size (whole huge pages, 2 MiB aligned), kept for the next gradient. Never
+// destroyed: tensors may die during interpreter shutdown, after static destructors have run.
+class BlockCache {
+ public:
+  // A cached block of at least `bytes` and at most 1/8 more, or nullptr.
+  void* take(size_t bytes, size_t* block_bytes) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_.lower_bound(bytes);
+    if (it == free_.end() || it->first > bytes + bytes / 8) return nullptr;
+    *block_bytes = it->first;
+    void* block = it->second;
+    cached_bytes_ -= it->first;
+    free_.erase(it);
+    return block;
+  }
+
+  // Keeps the block when the limit allows, else frees it.
+  void give(void* block, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (free_.size() < kMaxCachedBlocks && static_cast<int64_t>(cached_bytes_ + bytes) <= limit_) {
+        free_.emplace(bytes, block);
+        cached_bytes_ += bytes;
+        return;
+      }
+    }
+    std::free(block);
+  }
+
+  int64_t release() {
+    std::multimap<size_t, void*> blocks;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      blocks.swap(free_);
+      cached_bytes_ = 0;
+    }
+    int64_t released = 0;
+    for (const auto& [bytes, block] : blocks) {
+      std::free(block);
+      released += static_cast<int64_t>(bytes);
+    }
+    return released;
+  }
+
+  int64_t set_limit(int64_t limit) {
+    int64_t previous;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      previous = limit_;
+      limit_ = std::max<int64_t>(0, limit);
+    }
+    if (limit <= 0) release();
+    return previous;
+  }
+
+  int64_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<int64_t>(cached_bytes_);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::multimap<size_t, void*> free_;
+  size_t cached_bytes_ = 0;
+  int64_t limit_ = initial_cache_limit();
+};
+
+BlockCache& cache() {
+  static BlockCache* instance = new BlockCache();
+  return *instance;
+}
+
+struct Block {
+  void* data;
+  size_t bytes;
+};
+
+void return_block(void* ctx) {
+  auto* block = static_cast<Block*>(ctx);
+  cache().give(block->data, block->bytes);
+  delete block;
+}
+
+// Large requests get cached or fresh huge-page-advised blocks; small ones torch's allocator.
+struct GradientAllocator final : c10::Allocator {
+  c10::DataPtr allocate(size_t n) override {
+    if (n < kOwnBlocksFrom) return c10::GetCPUAllocator()->allocate(n);
+    const size_t wanted = round_up(n, kHugePage);
+    size_t bytes = wanted;
+    void* data = cache().take(wanted, &bytes);
+    if (data == nullptr) {
+      if (posix_memalign(&data, kHugePage, wanted) != 0) throw std::bad_alloc();
+      advise_huge_pages(data, wanted);
+    }
+    return {data, new Block{data, bytes}, &return_block, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+};
+
+GradientAllocator& gradient_allocator() {
+  static GradientAllocator* instance = new GradientAllocator();
+  return *instance;
+}
+
+int64_t empty_gradient_cache() {
+  return cache().release();
+}
+
+int64_t set_gradient_cache_limit(int64_t limit_bytes) {
+  return cache().set_limit(limit_bytes);
+}
+
+int64_t gradient_cache_bytes() {
+  return cache().cached_bytes();
+}
+
 }  // namespace
 
 at::Tensor empty_gradient_like(const at::Tensor& like) {
-  at::Tensor grad = at::empty_like(like);
-  const size_t bytes = grad.storage().nbytes();
-  if (bytes >= kAdviseFrom && huge_pages_wanted()) advise_huge_pages(grad.storage().mutable_data(), bytes);
-  return grad;
+  // empty_like's layout: the same strides for a dense tensor, contiguous otherwise.
+  if (!like.is_non_overlapping_and_dense()) return at::empty_like(like, at::MemoryFormat::Contiguous);
+  return at::detail::empty_strided_generic(like.sizes(), like.strides(), &gradient_allocator(),
+                                           c10::DispatchKeySet(c10::DispatchKey::CPU), like.scalar_type());
+}
+
+// No tensor arguments, so no dispatch key: registered for every backend at once.
+TORCH_LIBRARY_IMPL(validated_loss, CompositeExplicitAutograd, m) {
+  m.impl("empty_gradient_cache", &empty_gradient_cache);
+  m.impl("set_gradient_cache_limit", &set_gradient_cache_limit);
+  m.impl("gradient_cache_bytes", &gradient_cache_bytes);
 }
 
 }  // namespace validated_loss::cpu
