@@ -4,7 +4,6 @@ Nothing here prints or writes files; bench.py drives it and report.py turns its 
 tables and plots.
 """
 
-import contextlib
 import gc
 import os
 import platform
@@ -153,17 +152,6 @@ def _optional_cuda_contenders():
     return found
 
 
-@contextlib.contextmanager
-def _without_gradient_cache():
-    """The CPU gradient cache off (validated_loss/memory.py): every gradient in fresh memory, as
-    torch's allocator gives it. Setting the limit frees what the cache holds, before the timing."""
-    previous = vl.set_gradient_cache_limit(0)
-    try:
-        yield
-    finally:
-        vl.set_gradient_cache_limit(previous)
-
-
 def make_contenders(device, wanted=None):
     """The contenders for one shape/dtype. torch.compile gets a fresh, reset cache each time so
     every shape is compiled once, statically (dynamic=False), and never hits the recompile limit."""
@@ -178,7 +166,7 @@ def make_contenders(device, wanted=None):
     ]
     if device.type == "cpu":  # the cache is the CPU backward's; this row shows what it saves
         contenders.insert(3, Contender(f"{OURS} [no gradient cache]", lambda x, y: vl.cross_entropy(x, y),
-                                       passes=("fwd+bwd",), around=_without_gradient_cache))
+                                       passes=("fwd+bwd",), around=vl.gradient_cache_disabled))
     if device.type == "cuda":
         contenders += _optional_cuda_contenders()
     if wanted:

@@ -54,9 +54,11 @@ TORCH_LIBRARY(validated_loss, m) {
   // Raises the error a status record (on the CPU) describes, if any: the one place the messages
   // for invalid targets and non-finite logits are written, for every device and mode.
   // The CPU gradient block cache (csrc/cpu/gradient_buffer.h): free what it holds (returns the
-  // bytes released), set its byte limit (returns the previous one; 0 disables it), its size.
+  // bytes released), set its byte limit (returns the previous one; 0 disables it), switch it off
+  // and on without freeing what it holds (returns the previous state), its size.
   m.def("empty_gradient_cache() -> int");
   m.def("set_gradient_cache_limit(int limit_bytes) -> int");
+  m.def("set_gradient_cache_enabled(bool enabled) -> bool");
   m.def("gradient_cache_bytes() -> int");
   m.def(
       "raise_for_status(Tensor status, SymInt[] target_shape, int num_classes, int ignore_index, "

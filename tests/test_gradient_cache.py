@@ -127,3 +127,18 @@ def test_limit_must_be_a_non_negative_int():
     for bad in (-1, 1.5, True, "1"):
         with pytest.raises(ValueError):
             vl.set_gradient_cache_limit(bad)
+
+
+def test_disabled_cache_gives_fresh_blocks_and_keeps_what_it_holds():
+    x, target = _case()
+    g = _grad(x, target)
+    pointer = g.data_ptr()
+    del g
+    held = vl.gradient_cache_bytes()
+    assert held > 0
+    with vl.gradient_cache_disabled():
+        fresh = _grad(x, target)
+        assert fresh.data_ptr() != pointer  # the cached block is not taken...
+        del fresh                           # ...and this one is freed, not kept
+        assert vl.gradient_cache_bytes() == held
+    assert _grad(x, target).data_ptr() == pointer  # enabled again: the held block is reused

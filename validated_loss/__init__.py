@@ -12,9 +12,9 @@ from .linear import linear_cross_entropy
 from .loss import CrossEntropyLoss, LinearCrossEntropyLoss
 from . import data  # check_loader
 from .patching import patch, patched, unpatch
-from .memory import empty_cache, gradient_cache_bytes, set_gradient_cache_limit
+from .memory import empty_cache, gradient_cache_bytes, gradient_cache_disabled, set_gradient_cache_limit
 
 __version__ = "0.1.0"
 
 __all__ = ["CrossEntropyLoss", "cross_entropy", "LinearCrossEntropyLoss", "linear_cross_entropy", "patch", "unpatch", "patched",
-           "empty_cache", "gradient_cache_bytes", "set_gradient_cache_limit", *_diagnostics_all]
+           "empty_cache", "gradient_cache_bytes", "gradient_cache_disabled", "set_gradient_cache_limit", *_diagnostics_all]

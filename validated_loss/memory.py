@@ -10,6 +10,8 @@ initial limit; VALIDATED_LOSS_HUGE_PAGES=0 turns off the huge-page advice). What
 memory no tensor uses: free it with empty_cache(), like torch.cuda.empty_cache().
 """
 
+import contextlib
+
 from ._ops import ops
 
 
@@ -28,3 +30,14 @@ def set_gradient_cache_limit(limit_bytes):
 def gradient_cache_bytes():
     """Bytes the cache holds now (blocks of dead gradients, kept for the next backward)."""
     return ops.gradient_cache_bytes()
+
+
+@contextlib.contextmanager
+def gradient_cache_disabled():
+    """Within it, every gradient gets fresh memory and dead ones are freed (what torch's allocator
+    does); the blocks the cache already holds stay for afterwards. The benchmark's comparison row."""
+    previous = ops.set_gradient_cache_enabled(False)
+    try:
+        yield
+    finally:
+        ops.set_gradient_cache_enabled(previous)

@@ -62,6 +62,7 @@ class BlockCache {
   // A cached block of at least `bytes` and at most 1/8 more, or nullptr.
   void* take(size_t bytes, size_t* block_bytes) {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (!enabled_) return nullptr;
     auto it = free_.lower_bound(bytes);
     if (it == free_.end() || it->first > bytes + bytes / 8) return nullptr;
     *block_bytes = it->first;
@@ -75,7 +76,7 @@ class BlockCache {
   void give(void* block, size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (free_.size() < kMaxCachedBlocks && static_cast<int64_t>(cached_bytes_ + bytes) <= limit_) {
+      if (enabled_ && free_.size() < kMaxCachedBlocks && static_cast<int64_t>(cached_bytes_ + bytes) <= limit_) {
         free_.emplace(bytes, block);
         cached_bytes_ += bytes;
         return;
@@ -110,6 +111,14 @@ class BlockCache {
     return previous;
   }
 
+  // Disabled, blocks are neither taken nor kept; the ones held stay for when it is enabled again.
+  bool set_enabled(bool enabled) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const bool previous = enabled_;
+    enabled_ = enabled;
+    return previous;
+  }
+
   int64_t cached_bytes() {
     std::lock_guard<std::mutex> lock(mutex_);
     return static_cast<int64_t>(cached_bytes_);
@@ -120,6 +129,7 @@ class BlockCache {
   std::multimap<size_t, void*> free_;
   size_t cached_bytes_ = 0;
   int64_t limit_ = initial_cache_limit();
+  bool enabled_ = true;
 };
 
 BlockCache& cache() {
@@ -170,6 +180,10 @@ int64_t set_gradient_cache_limit(int64_t limit_bytes) {
   return cache().set_limit(limit_bytes);
 }
 
+bool set_gradient_cache_enabled(bool enabled) {
+  return cache().set_enabled(enabled);
+}
+
 int64_t gradient_cache_bytes() {
   return cache().cached_bytes();
 }
@@ -187,6 +201,7 @@ at::Tensor empty_gradient_like(const at::Tensor& like) {
 TORCH_LIBRARY_IMPL(validated_loss, CompositeExplicitAutograd, m) {
   m.impl("empty_gradient_cache", &empty_gradient_cache);
   m.impl("set_gradient_cache_limit", &set_gradient_cache_limit);
+  m.impl("set_gradient_cache_enabled", &set_gradient_cache_enabled);
   m.impl("gradient_cache_bytes", &gradient_cache_bytes);
 }
 
