@@ -2,11 +2,10 @@
 
 A logits-sized gradient is written into memory the process has not touched for a while, and on
 Linux every 4 KiB page then costs a fault and a zeroing on its first write (0.24 ms per MiB on
-the project's machine, more than computing the gradient). So the CPU backward takes large
-gradients (4 MiB and up) from blocks advised for transparent huge pages, and keeps the block of a
-dead gradient for the next one of about the same size, which a training loop asks for every step.
-The cache holds at most 4 blocks and 2 GiB by default (VALIDATED_LOSS_GRADIENT_CACHE_MB sets the
-initial limit; VALIDATED_LOSS_HUGE_PAGES=0 turns off the huge-page advice). What it holds is
+the project's machine, more than computing the gradient). So the CPU backward keeps the block of
+a dead gradient of 4 MiB or more and gives it to the next gradient of about the same size (at
+most 1/8 larger), which a training loop asks for every step. The cache holds at most 4 blocks and
+2 GiB by default (VALIDATED_LOSS_GRADIENT_CACHE_MB sets the initial limit). What it holds is
 memory no tensor uses: free it with empty_cache(), like torch.cuda.empty_cache().
 """
 

@@ -13,14 +13,10 @@
 #include <mutex>
 #include <new>
 
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
-
 namespace validated_loss::cpu {
 namespace {
 
-constexpr size_t kHugePage = size_t{2} << 20;
+constexpr size_t kBlockAlign = size_t{2} << 20;  // whole 2 MiB blocks: near sizes share one
 // Below this a gradient spans too few pages to matter, and glibc serves it from memory it has
 // already touched: torch's allocator takes it.
 constexpr size_t kOwnBlocksFrom = size_t{4} << 20;
@@ -31,31 +27,12 @@ size_t round_up(size_t n, size_t to) {
   return (n + to - 1) / to * to;
 }
 
-bool huge_pages_wanted() {
-  static const bool wanted = [] {
-    const char* v = std::getenv("VALIDATED_LOSS_HUGE_PAGES");
-    return v == nullptr || std::strcmp(v, "0") != 0;
-  }();
-  return wanted;
-}
-
 int64_t initial_cache_limit() {
   const char* v = std::getenv("VALIDATED_LOSS_GRADIENT_CACHE_MB");
   return v == nullptr ? kDefaultCacheLimit : std::max<int64_t>(0, std::atoll(v)) << 20;
 }
 
-// Pages not yet touched come in 2 MiB at a time. Failure (no THP in this kernel, the "never"
-// policy) leaves ordinary pages, so the result is ignored.
-void advise_huge_pages(void* data, size_t bytes) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (huge_pages_wanted()) (void)madvise(data, bytes, MADV_HUGEPAGE);
-#else
-  (void)data;
-  (void)bytes;
-#endif
-}
-
-// Free blocks by size (whole huge pages, 2 MiB aligned), kept for the next gradient. Never
+// Free blocks by size (multiples of 2 MiB), kept for the next gradient. Never
 // destroyed: tensors may die during interpreter shutdown, after static destructors have run.
 class BlockCache {
  public:
@@ -148,17 +125,14 @@ void return_block(void* ctx) {
   delete block;
 }
 
-// Large requests get cached or fresh huge-page-advised blocks; small ones torch's allocator.
+// Large requests get a cached block or a fresh one; small ones go to torch's allocator.
 struct GradientAllocator final : c10::Allocator {
   c10::DataPtr allocate(size_t n) override {
     if (n < kOwnBlocksFrom) return c10::GetCPUAllocator()->allocate(n);
-    const size_t wanted = round_up(n, kHugePage);
+    const size_t wanted = round_up(n, kBlockAlign);
     size_t bytes = wanted;
     void* data = cache().take(wanted, &bytes);
-    if (data == nullptr) {
-      if (posix_memalign(&data, kHugePage, wanted) != 0) throw std::bad_alloc();
-      advise_huge_pages(data, wanted);
-    }
+    if (data == nullptr && posix_memalign(&data, 64, wanted) != 0) throw std::bad_alloc();
     return {data, new Block{data, bytes}, &return_block, c10::Device(c10::DeviceType::CPU)};
   }
 
