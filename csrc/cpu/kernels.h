@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -126,18 +127,25 @@ acc_t nan_max(acc_t a, acc_t b) {
   return (a != a || a > b) ? a : b;
 }
 
+// Four independent accumulators: one would chain every vector's max (compare, max, blend: ~7
+// cycles) behind the previous one, and the pass, the first over each chunk, would be latency-bound.
+// The lanes past the end of a partial vector are filled with the identity (-inf for the max,
+// 0 for sums) by Vec::set, so no scalar tail.
+constexpr int kAccumulators = 4;
+
 template <typename acc_t>
 acc_t chunk_max(const acc_t* x, int64_t n) {
   using Vec = Vectorized<acc_t>;
-  acc_t m = -INFINITY;
+  constexpr int64_t L = Vec::size();
+  const Vec lowest(-std::numeric_limits<acc_t>::infinity());
+  Vec vm[kAccumulators] = {lowest, lowest, lowest, lowest};
   int64_t c = 0;
-  if (n >= Vec::size()) {
-    Vec vm = Vec::loadu(x);
-    for (c = Vec::size(); c + Vec::size() <= n; c += Vec::size()) vm = at::vec::maximum(vm, Vec::loadu(x + c));
-    m = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, vm);
+  for (; c + kAccumulators * L <= n; c += kAccumulators * L) {
+    for (int a = 0; a < kAccumulators; ++a) vm[a] = at::vec::maximum(vm[a], Vec::loadu(x + c + a * L));
   }
-  for (; c < n; ++c) m = nan_max(m, x[c]);
-  return m;
+  for (; c < n; c += L) vm[0] = at::vec::maximum(vm[0], Vec::set(lowest, Vec::loadu(x + c, std::min(L, n - c)), std::min(L, n - c)));
+  const Vec m = at::vec::maximum(at::vec::maximum(vm[0], vm[1]), at::vec::maximum(vm[2], vm[3]));
+  return at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, m);
 }
 
 // x - x is 0 for every finite x and NaN for NaN and +-inf.
@@ -164,17 +172,23 @@ void prefetch_chunk(const scalar_t* row, int64_t stride, int64_t c0, int64_t num
   for (const char* p = begin; p < end; p += 64) __builtin_prefetch(p);
 }
 
-// sum_c exp(x_c - m); m is the chunk's max, so nothing overflows.
+// sum_c exp(x_c - m); m is the chunk's max, so nothing overflows. Accumulators as in chunk_max.
 template <typename acc_t>
 acc_t chunk_sum_exp(const acc_t* x, int64_t n, acc_t m) {
   using Vec = Vectorized<acc_t>;
-  const Vec vm(m);
-  Vec acc(acc_t(0));
+  constexpr int64_t L = Vec::size();
+  const Vec vm(m), zero(acc_t(0));
+  Vec acc[kAccumulators] = {zero, zero, zero, zero};
   int64_t c = 0;
-  for (; c + Vec::size() <= n; c += Vec::size()) acc = acc + vexp(Vec::loadu(x + c) - vm);
-  acc_t s = at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, acc);
-  for (; c < n; ++c) s += std::exp(x[c] - m);
-  return s;
+  for (; c + kAccumulators * L <= n; c += kAccumulators * L) {
+    for (int a = 0; a < kAccumulators; ++a) acc[a] = acc[a] + vexp(Vec::loadu(x + c + a * L) - vm);
+  }
+  for (; c < n; c += L) {
+    const int64_t k = std::min(L, n - c);
+    acc[0] = acc[0] + Vec::set(zero, vexp(Vec::loadu(x + c, k) - vm), k);
+  }
+  const Vec total = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+  return at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, total);
 }
 
 // RowSums over a chunk (see xent_row.h): w == nullptr means unit weights, q == nullptr means a
