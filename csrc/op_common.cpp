@@ -16,6 +16,10 @@ at::ScalarType accumulate_dtype(at::ScalarType logits_dtype) {
   return logits_dtype == at::kDouble ? at::kDouble : at::kFloat;
 }
 
+at::ScalarType loss_dtype(at::ScalarType logits_dtype, bool acc_loss) {
+  return acc_loss ? accumulate_dtype(logits_dtype) : logits_dtype;
+}
+
 static void check_logits(const at::Tensor& logits) {
   TORCH_CHECK(logits.dim() >= 2, "validated_loss: logits must be (N, C, d1..dk), got ", logits.sizes());
   const auto t = logits.scalar_type();

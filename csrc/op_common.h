@@ -16,6 +16,9 @@ namespace validated_loss {
 // float64 logits accumulate in float64, everything else in float32.
 at::ScalarType accumulate_dtype(at::ScalarType logits_dtype);
 
+// The forward's loss dtype: the logits', or their accumulate dtype when the op's acc_loss is set.
+at::ScalarType loss_dtype(at::ScalarType logits_dtype, bool acc_loss);
+
 // The ops' contract on shapes and dtypes. The Python layer has already explained any misuse in
 // the user's terms; these checks only guarantee that the kernels never index out of bounds.
 void check_index_op_args(const at::Tensor& logits, const at::Tensor& target,
