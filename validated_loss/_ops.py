@@ -30,16 +30,21 @@ def rows_shape(logits):
     return logits.shape[:1] + logits.shape[2:]
 
 
+def loss_dtype(logits, acc_loss):
+    """The forward ops' loss dtype: the logits', or the accumulate dtype for acc_loss (autocast)."""
+    return accumulate_dtype(logits.dtype) if acc_loss else logits.dtype
+
+
 # ---------------------------------------------------------------------------------------------
 # Fake kernels
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_fwd")
 def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, check_finite=False, validate=1,
-              lse_square_scale=0.0, softcap=0.0):
+              lse_square_scale=0.0, softcap=0.0, acc_loss=False):
     acc = accumulate_dtype(logits.dtype)
     rows = rows_shape(logits)
-    loss = logits.new_empty(rows) if reduction == 0 else logits.new_empty(())
+    loss = logits.new_empty(rows if reduction == 0 else (), dtype=loss_dtype(logits, acc_loss))
     lse = logits.new_empty((math.prod(rows), 2), dtype=acc)
     return loss, lse, logits.new_empty((), dtype=acc), logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
 
@@ -61,9 +66,9 @@ def _fwd_grad_fake(logits, target, weight, reduction, ignore_index, label_smooth
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_prob_fwd")
-def _prob_fwd_fake(logits, target, weight, reduction, label_smoothing, check_finite=False):
+def _prob_fwd_fake(logits, target, weight, reduction, label_smoothing, check_finite=False, acc_loss=False):
     rows = rows_shape(logits)
-    loss = logits.new_empty(rows) if reduction == 0 else logits.new_empty(())
+    loss = logits.new_empty(rows if reduction == 0 else (), dtype=loss_dtype(logits, acc_loss))
     lse = logits.new_empty((math.prod(rows), 2), dtype=accumulate_dtype(logits.dtype))
     return loss, lse, logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
 
@@ -85,18 +90,26 @@ def _raise_fake(status, target_shape, num_classes, ignore_index, logits_shape):
 # differentiated, so double backward has exactly torch's semantics.
 
 
+def _in_loss_dtype(grad_loss, *tensors):
+    """The floating operands cast (differentiably) to the loss's dtype, which grad_loss has: the
+    logits' own, or float32 from half logits under autocast (acc_loss), as torch's autocast graph
+    computes it. No-op casts outside autocast."""
+    return tuple(t.to(grad_loss.dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 def _torch_first_order(logits, target, weight, reduction, ignore_index, label_smoothing, grad_loss,
                        lse_square_scale=0.0, softcap=0.0, grad_lse=None):
     """torch's d loss / d (logits, target) as a differentiable graph (for second order); with the
     LLM options (z-loss, softcap, an lse gradient), the same written with torch ops (_reference)."""
+    x, q, w = _in_loss_dtype(grad_loss, logits, target, weight)
     if not (lse_square_scale or softcap or grad_lse is not None):
-        loss = torch_cross_entropy(logits, target, weight, ignore_index=ignore_index,
+        loss = torch_cross_entropy(x, q, w, ignore_index=ignore_index,
                                    reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
         wrt = [logits] + ([target] if target.requires_grad else [])
         return torch.autograd.grad(loss, wrt, grad_loss, create_graph=True)
     from . import _reference
 
-    loss, lse = _reference.cross_entropy(logits, target, weight, REDUCTION_NAMES[reduction], ignore_index,
+    loss, lse = _reference.cross_entropy(x, q, w, REDUCTION_NAMES[reduction], ignore_index,
                                          label_smoothing, lse_square_scale, softcap or None)
     total = (loss * grad_loss).sum()
     if grad_lse is not None:
@@ -175,14 +188,16 @@ def _prob_fwd_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(logits, target, weight, output[1])
     ctx.args = (reduction, label_smoothing)
+    ctx.num_inputs = len(inputs)
 
 
 def _prob_fwd_backward(ctx, grad_loss, grad_lse, grad_status):
     logits, target, weight, lse = ctx.saved_tensors
     reduction, label_smoothing = ctx.args
     grad_x = grad_q = grad_w = None
+    no_grads = (None,) * (ctx.num_inputs - 3)
     if grad_loss is None:
-        return None, None, None, None, None, None
+        return (None, None, None) + no_grads
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
         grad_x, grad_q = ops.cross_entropy_prob_bwd(grad_loss, logits, target, weight, lse, reduction,
                                                     label_smoothing, ctx.needs_input_grad[1])
@@ -192,10 +207,11 @@ def _prob_fwd_backward(ctx, grad_loss, grad_lse, grad_status):
         # enough that torch's composite computes it.
         with torch.enable_grad():
             w = weight.detach().requires_grad_()
-            loss = torch_cross_entropy(logits.detach(), target.detach(), w,
-                                       reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
+            x, q, w_loss = _in_loss_dtype(grad_loss, logits.detach(), target.detach(), w)
+            loss = torch_cross_entropy(x, q, w_loss, reduction=REDUCTION_NAMES[reduction],
+                                       label_smoothing=label_smoothing)
             (grad_w,) = torch.autograd.grad(loss, w, grad_loss)
-    return grad_x, grad_q, grad_w, None, None, None
+    return (grad_x, grad_q, grad_w) + no_grads
 
 
 def _prob_bwd_setup(ctx, inputs, output):

@@ -276,6 +276,21 @@ def _is_low_precision_float(dtype: torch.dtype) -> bool:
     return dtype.is_floating_point and dtype.itemsize == 1
 
 
+def autocast_enabled(t: torch.Tensor) -> bool:
+    """Whether torch's autocast is on for t's device (then cross_entropy runs under its fp32
+    policy)."""
+    device = t.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+def autocast_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype torch computes cross_entropy with for t: under autocast's fp32 policy half and
+    bfloat16 count as float32 (float64 stays); outside autocast, t's own."""
+    if t.dtype in (torch.float16, torch.bfloat16) and autocast_enabled(t):
+        return torch.float32
+    return t.dtype
+
+
 def _index_dtype_ok(input, target) -> bool:
     """Would the class-index path accept this target dtype?"""
     if target.dtype == torch.int64:
@@ -731,10 +746,11 @@ def _weight_shape_hint(input, weight):
 
 
 def _check_weight_dtype(input, target, weight):
-    if weight is None or weight.dtype == input.dtype:
+    # Under autocast torch compares the dtypes its fp32 policy made of them.
+    if weight is None or autocast_dtype(weight) == autocast_dtype(input):
         return
-    torch_text = (f"expected scalar type {_cpp_name(input.dtype)} but found "
-                  f"{_cpp_name(weight.dtype)}")
+    torch_text = (f"expected scalar type {_cpp_name(autocast_dtype(input))} but found "
+                  f"{_cpp_name(autocast_dtype(weight))}")
     if weight.dtype == torch.float64:
         cause = (f"float64 weights usually come from numpy (torch.tensor(np_array)); the "
                  f"logits are {input.dtype}.")
