@@ -29,6 +29,9 @@ void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
 // z-loss scale finite; softcap 0 (none) or positive and finite.
 void check_llm_options(double lse_square_scale, double softcap);
 
+// cross_entropy_bwd_ writes the gradient over the logits: every element must have memory of its own.
+void check_in_place_gradient(const at::Tensor& logits);
+
 // An optional per-row tensor (grad_lse) holds one value per row, on the logits' device.
 void check_rows_tensor(const std::optional<at::Tensor>& t, int64_t num_rows, const char* name);
 

@@ -121,7 +121,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
                                                                  double label_smoothing, bool check_finite,
                                                                  int64_t /*validate: the CPU always raises*/,
                                                                  double lse_square_scale, double softcap,
-                                                                 bool acc_loss) {
+                                                                 bool acc_loss,
+                                                                 bool /*inplace_backward: autograd's*/) {
   check_index_op_args(logits, target, weight, reduction);
   check_llm_options(lse_square_scale, softcap);
   const auto acc = accumulate_dtype(logits.scalar_type());
@@ -141,12 +142,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
           at::scalar_tensor(totals.total_weight, logits.options().dtype(acc)), status};
 }
 
-Tensor cross_entropy_bwd_cpu(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
-                             const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
-                             int64_t reduction, int64_t ignore_index, double label_smoothing,
-                             double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
+// The class-index gradient: into a fresh tensor, or (in_place) over the logits themselves, which
+// every kernel path allows: each row or block of rows is read whole before its gradient is stored.
+Tensor index_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                      const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                      int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+                      double softcap, const std::optional<Tensor>& grad_lse, bool in_place) {
   check_index_op_args(logits, target, weight, reduction);
   check_llm_options(lse_square_scale, softcap);
+  if (in_place) check_in_place_gradient(logits);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
   const Tensor w = weights_for_kernel(weight, acc);
@@ -154,11 +158,27 @@ Tensor cross_entropy_bwd_cpu(const Tensor& grad_loss, const Tensor& logits, cons
   check_rows_tensor(grad_lse, x.geo.num_rows, "grad_lse");
   const Tensor lse_c = lse.to(acc).contiguous();
   const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight.item<double>(), acc, grad_lse);
-  Tensor grad = empty_gradient_like(logits);
+  const Tensor grad = in_place ? logits : empty_gradient_like(logits);
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   kernels().index_backward(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
                            lse_c.const_data_ptr(), scale.scale, grad_output_of(grad));
   return grad;
+}
+
+Tensor cross_entropy_bwd_cpu(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                             const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                             int64_t reduction, int64_t ignore_index, double label_smoothing,
+                             double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
+  return index_backward(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index,
+                        label_smoothing, lse_square_scale, softcap, grad_lse, false);
+}
+
+void cross_entropy_bwd__cpu(Tensor& logits, const Tensor& grad_loss, const Tensor& target,
+                            const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                            int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+                            double softcap, const std::optional<Tensor>& grad_lse) {
+  index_backward(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
+                 lse_square_scale, softcap, grad_lse, true);
 }
 
 // Forward and gradient in one pass over a (chunk of) logits, the gradient written over the logits:
@@ -250,6 +270,7 @@ void raise_for_status_cpu(const Tensor& status, c10::SymIntArrayRef target_shape
 TORCH_LIBRARY_IMPL(validated_loss, CPU, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cpu);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd_cpu);
+  m.impl("cross_entropy_bwd_", &cross_entropy_bwd__cpu);
   m.impl("cross_entropy_fwd_grad", &cross_entropy_fwd_grad_cpu);
   m.impl("cross_entropy_prob_fwd", &cross_entropy_prob_fwd_cpu);
   m.impl("cross_entropy_prob_bwd", &cross_entropy_prob_bwd_cpu);

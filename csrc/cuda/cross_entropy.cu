@@ -202,7 +202,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& 
                                                                   int64_t reduction, int64_t ignore_index,
                                                                   double label_smoothing, bool check_finite,
                                                                   int64_t validate, double lse_square_scale,
-                                                                  double softcap, bool acc_loss) {
+                                                                  double softcap, bool acc_loss,
+                                                                  bool /*inplace_backward: autograd's*/) {
   check_index_op_args(logits, target, weight, reduction);
   check_llm_options(lse_square_scale, softcap);
   TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
@@ -216,12 +217,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& 
   return {o.loss, o.lse, o.total_weight, o.status};
 }
 
-Tensor cross_entropy_bwd_cuda(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
-                              const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
-                              int64_t reduction, int64_t ignore_index, double label_smoothing,
-                              double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
+// cross_entropy_bwd's gradient: into a fresh tensor, or (in_place: cross_entropy_bwd_) over the
+// logits themselves (every element is read, then written, by one thread).
+Tensor index_backward_op(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                         const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                         int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+                         double softcap, const std::optional<Tensor>& grad_lse, bool in_place) {
   check_index_op_args(logits, target, weight, reduction);
   check_llm_options(lse_square_scale, softcap);
+  if (in_place) check_in_place_gradient(logits);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const auto acc = accumulate_dtype(logits.scalar_type());
@@ -230,10 +234,26 @@ Tensor cross_entropy_bwd_cuda(const Tensor& grad_loss, const Tensor& logits, con
   check_rows_tensor(grad_lse, num_rows, "grad_lse");
   const Tensor lse_c = saved_lse(lse, logits, acc, num_rows);
   const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight, num_rows, logits, acc);
-  Tensor grad = at::empty_like(logits);
+  Tensor grad = in_place ? logits : at::empty_like(logits);
   index_backward(scale, logits, target, w, lse_c, reduction, ignore_index, label_smoothing, lse_square_scale, softcap,
                  lse_grad_of(grad_lse, logits, acc), grad, stream);
   return grad;
+}
+
+Tensor cross_entropy_bwd_cuda(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                              const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                              int64_t reduction, int64_t ignore_index, double label_smoothing,
+                              double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
+  return index_backward_op(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index,
+                           label_smoothing, lse_square_scale, softcap, grad_lse, false);
+}
+
+void cross_entropy_bwd__cuda(Tensor& logits, const Tensor& grad_loss, const Tensor& target,
+                             const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                             int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+                             double softcap, const std::optional<Tensor>& grad_lse) {
+  index_backward_op(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
+                    lse_square_scale, softcap, grad_lse, true);
 }
 
 // The chunk step of linear_cross_entropy (see ops.cpp): the forward, then the backward kernel
@@ -329,6 +349,7 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cuda(const Tensor& grad_loss, 
 TORCH_LIBRARY_IMPL(validated_loss, CUDA, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cuda);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd_cuda);
+  m.impl("cross_entropy_bwd_", &cross_entropy_bwd__cuda);
   m.impl("cross_entropy_fwd_grad", &cross_entropy_fwd_grad_cuda);
   m.impl("cross_entropy_prob_fwd", &cross_entropy_prob_fwd_cuda);
   m.impl("cross_entropy_prob_bwd", &cross_entropy_prob_bwd_cuda);
