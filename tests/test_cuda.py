@@ -301,6 +301,25 @@ def test_autocast_reads_low_precision_logits_and_returns_float32(reduction, shap
     torch.testing.assert_close(g_ours, g_ref, rtol=1e-2, atol=1e-3)
 
 
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+@pytest.mark.parametrize("shape", ["tiny", "c1023", "c32771", "nchw"])
+def test_inplace_backward_gives_the_same_gradient_in_the_logits(dt, shape):
+    """cross_entropy_bwd_: the backward kernel over the logits, bitwise the out-of-place gradient."""
+    n, c, spatial = SHAPES[shape]
+    x = torch.randn((n, c) + spatial, generator=seeded(3), dtype=torch.float64).to(DEV, DTYPES[dt])
+    t = torch.randint(0, c, (n,) + spatial, generator=seeded(4)).to(DEV)
+    results = []
+    for inplace in (False, True):
+        leaf = x.detach().requires_grad_()
+        logits = leaf.clone()
+        loss = vl.cross_entropy(logits, t, label_smoothing=0.1, inplace_backward=inplace)
+        (g,) = torch.autograd.grad(loss, logits)
+        results.append((g, g.data_ptr() == logits.data_ptr()))
+    (fresh, aliased_fresh), (in_place, aliased) = results
+    assert aliased and not aliased_fresh
+    assert torch.equal(fresh, in_place)
+
+
 def test_empty_batch():
     x = torch.randn(0, 5, device=DEV, requires_grad=True)
     t = torch.zeros(0, dtype=torch.long, device=DEV)

@@ -143,8 +143,8 @@ def test_gradcheck_would_fail_on_a_wrong_gradient():
 
 # --------------------------------------------------------------------------- opcheck
 
-OPS = ("cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_prob_fwd", "cross_entropy_prob_bwd",
-       "cross_entropy_fwd_grad")
+OPS = ("cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_bwd_", "cross_entropy_prob_fwd",
+       "cross_entropy_prob_bwd", "cross_entropy_fwd_grad")
 
 
 class _Spy(TorchDispatchMode):
@@ -216,6 +216,22 @@ def _public_calls():
     return out
 
 
+def _public_inplace_calls():
+    """inplace_backward calls: the gradient written over the logits (dtypes, layouts, options)."""
+    g = gen(14)
+    x = torch.randn(6, C, generator=g, dtype=torch.float64)
+    t = torch.randint(0, C, (6,), generator=g)
+    t[::3] = 1
+    w = torch.rand(C, generator=g, dtype=torch.float64) + 0.5
+    x4 = relayout(torch.randn(2, C, 3, 2, generator=g), "channels_last")
+    return [
+        (x, t, dict(weight=w, ignore_index=1, label_smoothing=0.1)),
+        (relayout(x.float(), "transposed"), t, dict(reduction="none")),
+        (x.bfloat16(), t, dict(reduction="sum", lse_square_scale=0.1, softcap=2.0, return_lse=True)),
+        (x4, torch.randint(0, C, (2, 3, 2), generator=g), dict(label_smoothing=0.2)),
+    ]
+
+
 def _public_autocast_calls():
     """Calls under CPU autocast (bfloat16/float16 logits, float32 losses)."""
     g = gen(13)
@@ -259,6 +275,11 @@ def _samples():
                 loss.backward(go)
             else:
                 torch.autograd.backward([loss, lse], [go, torch.full_like(lse, 0.5)])
+        for x, t, kw in _public_inplace_calls():  # cross_entropy_bwd_ (logits: a non-leaf copy)
+            loss = vl.cross_entropy(x.detach().requires_grad_().clone(), t, inplace_backward=True, **kw)
+            loss, lse = loss if isinstance(loss, tuple) else (loss, None)
+            torch.autograd.backward([loss] + ([lse] if lse is not None else []),
+                                    [torch.ones_like(loss)] + ([torch.full_like(lse, 0.5)] if lse is not None else []))
         for x, t, kw in _public_autocast_calls():  # acc_loss: half logits read as they are, float32 loss
             with torch.autocast("cpu", dtype=x.dtype):
                 loss = vl.cross_entropy(x.detach().requires_grad_(), t, **kw)

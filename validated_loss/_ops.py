@@ -41,7 +41,7 @@ def loss_dtype(logits, acc_loss):
 
 @torch.library.register_fake("validated_loss::cross_entropy_fwd")
 def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, check_finite=False, validate=1,
-              lse_square_scale=0.0, softcap=0.0, acc_loss=False):
+              lse_square_scale=0.0, softcap=0.0, acc_loss=False, inplace_backward=False):
     acc = accumulate_dtype(logits.dtype)
     rows = rows_shape(logits)
     loss = logits.new_empty(rows if reduction == 0 else (), dtype=loss_dtype(logits, acc_loss))
@@ -53,6 +53,12 @@ def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, 
 def _bwd_fake(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
               lse_square_scale=0.0, softcap=0.0, grad_lse=None):
     return torch.empty_like(logits)
+
+
+@torch.library.register_fake("validated_loss::cross_entropy_bwd_")
+def _bwd_inplace_fake(logits, grad_loss, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
+                      lse_square_scale=0.0, softcap=0.0, grad_lse=None):
+    return None
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_fwd_grad")
@@ -133,6 +139,7 @@ def _second_order(ctx_inputs, grads_out, build):
 def _fwd_setup(ctx, inputs, output):
     logits, target, weight, reduction, ignore_index, label_smoothing = inputs[:6]
     lse_square_scale, softcap = (inputs[8], inputs[9]) if len(inputs) > 8 else (0.0, 0.0)
+    ctx.inplace_backward = len(inputs) > 11 and inputs[11]
     loss, lse, total_weight, _ = output
     ctx.set_materialize_grads(False)  # no zero-filled gradients for lse, total_weight and status
     ctx.save_for_backward(logits, target, weight, lse, total_weight)
@@ -155,8 +162,25 @@ def _fwd_backward(ctx, grad_loss, grad_lse, grad_total_weight, grad_status):
     if ctx.needs_input_grad[0] and (grad_loss is not None or lse_grad is not None):
         if grad_loss is None:
             grad_loss = logits.new_zeros(ctx.loss_shape)
-        grad = ops.cross_entropy_bwd(grad_loss, logits, target, weight, lse, total_weight, *ctx.args, lse_grad)
+        if _gradient_in_place(ctx, logits):
+            ops.cross_entropy_bwd_(logits, grad_loss, target, weight, lse, total_weight, *ctx.args, lse_grad)
+            # The logits now hold their gradient: any other node that saved them (logits.exp(), a
+            # second backward through this graph) must raise rather than read it.
+            torch.autograd.graph.increment_version(logits)
+            grad = logits
+        else:
+            grad = ops.cross_entropy_bwd(grad_loss, logits, target, weight, lse, total_weight, *ctx.args, lse_grad)
     return (grad,) + (None,) * (ctx.num_inputs - 1)
+
+
+def _gradient_in_place(ctx, logits):
+    """inplace_backward, when the gradient can be written over the logits: not under create_graph
+    (double backward differentiates this gradient: it must be a graph of its own, not the logits'
+    storage), not while torch.compile or compiled autograd traces the backward, and only over
+    logits whose every element has memory of its own (ATen's has_internal_overlap says "no": the
+    check cross_entropy_bwd_ makes); in every other case the normal backward allocates a gradient."""
+    return (ctx.inplace_backward and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and torch._debug_has_internal_overlap(logits) == 0)
 
 
 def _bwd_setup(ctx, inputs, output):

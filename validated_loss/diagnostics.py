@@ -74,6 +74,7 @@ __all__ = [
     "DeviceMismatchError",
     "TargetOutOfRangeError",
     "NonFiniteLogitsError",
+    "InplaceBackwardError",
     "check_inputs",
     "check_batch",
     "BatchReport",
@@ -191,6 +192,11 @@ class NonFiniteLogitsError(ValidatedLossError, ValueError, RuntimeError):
         self.value = value
 
 
+class InplaceBackwardError(ValidatedLossError, ValueError):
+    """inplace_backward=True for logits the gradient must not be written over (a leaf that
+    requires grad, or a view of one)."""
+
+
 # =============================================================================
 # Small formatting helpers
 # =============================================================================
@@ -274,6 +280,23 @@ def _expected_line(input) -> str:
 def _is_low_precision_float(dtype: torch.dtype) -> bool:
     # float8 / float4 types: floating, one byte, and not promotable.
     return dtype.is_floating_point and dtype.itemsize == 1
+
+
+def check_inplace_backward(input) -> None:
+    """inplace_backward=True writes the gradient over the logits' memory and hands that memory to
+    autograd as their gradient. For a leaf that requires grad (or a view of one) that gradient
+    would be accumulated into .grad as the leaf's own storage, its values overwritten: refused."""
+    base = input if input._base is None else input._base
+    if not (input.requires_grad and base.is_leaf and torch.is_grad_enabled()):
+        return
+    what = "a leaf tensor that requires grad" if base is input else "a view of a leaf tensor that requires grad"
+    raise InplaceBackwardError(_message(
+        f"inplace_backward=True writes the gradient over the logits, but the input is {what}",
+        [_describe("input", input)],
+        "autograd would accumulate the leaf's own storage, overwritten by its gradient, into its "
+        ".grad (inplace_backward hands the logits' memory to autograd as their gradient).",
+        "inplace_backward=False, or pass logits produced by the model (e.g. hidden @ W.T); a copy "
+        "(input.clone()) works but allocates what inplace_backward saves."))
 
 
 def autocast_enabled(t: torch.Tensor) -> bool:

@@ -37,6 +37,7 @@ def cross_entropy(
     lse_square_scale=0.0,
     softcap=None,
     return_lse=False,
+    inplace_backward=False,
 ):
     """Drop-in for torch.nn.functional.cross_entropy, computed by validated_loss's fused kernels.
 
@@ -51,13 +52,15 @@ def cross_entropy(
       softcap: logits x become softcap * tanh(x / softcap) before the softmax (Gemma 2).
       return_lse: return (loss, lse), lse the log-sum-exp of each row's (capped) logits in the
         target's shape, float32 (float64 for float64 logits), 0 for ignored rows; differentiable.
+      inplace_backward: the backward writes the gradient over the logits' memory instead of
+        allocating one (class-index targets; see README for when it falls back and what it refuses).
     """
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(
             cross_entropy, (input, target, weight), input, target, weight=weight, size_average=size_average,
             ignore_index=ignore_index, reduce=reduce, reduction=reduction, label_smoothing=label_smoothing,
             validate=validate, check_finite=check_finite, lse_square_scale=lse_square_scale, softcap=softcap,
-            return_lse=return_lse,
+            return_lse=return_lse, inplace_backward=inplace_backward,
         )
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)  # warns as torch does
@@ -70,6 +73,14 @@ def cross_entropy(
     if mode == "probs" and llm.any:
         raise NotImplementedError("lse_square_scale, softcap and return_lse need class-index targets; "
                                   "this target has the input's shape (class probabilities)")
+    if inplace_backward and mode == "probs":
+        raise NotImplementedError("inplace_backward needs class-index targets; this target has the input's shape "
+                                  "(class probabilities): pass inplace_backward=False")
+    # torch.compile traces the normal backward (an in-place write into a traced activation is not
+    # ours to make), so there the option is ignored, and so is its check.
+    inplace_backward = bool(inplace_backward) and not torch.compiler.is_compiling()
+    if inplace_backward:
+        diagnostics.check_inplace_backward(input)
     # torch's autocast runs cross_entropy under its fp32 policy: float32 results from half and
     # bfloat16 operands. Our kernels read those as they are, accumulate in float32 anyway and
     # write a float32 loss (acc_loss): no float32 copy of the logits.
@@ -81,7 +92,7 @@ def cross_entropy(
     if mode == "probs":
         return _probability_loss(input, target, weight, reduction_code, label_smoothing, check_finite, autocast)
     return _class_index_loss(input, target, weight, reduction_code, ignore_index, label_smoothing, check_finite,
-                             VALIDATE_MODES[validate], llm, acc_loss=autocast)
+                             VALIDATE_MODES[validate], llm, acc_loss=autocast, inplace_backward=inplace_backward)
 
 
 def _autocast_to_float32(autocast, *tensors):
@@ -139,7 +150,7 @@ def float_argument(value, argument):
 
 
 def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoothing, check_finite, validate,
-                      llm=None, acc_loss=False):
+                      llm=None, acc_loss=False, inplace_backward=False):
     llm = llm or NO_LLM_OPTIONS
     one_dim = input.dim() == 1  # (C,) logits with a () or (1,) target: one row
     logits = input.unsqueeze(0) if one_dim else input
@@ -150,7 +161,8 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
     try:
         loss, row_stats, _, status = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
                                                                 label_smoothing, check_finite, validate,
-                                                                llm.lse_square_scale, llm.softcap_code, acc_loss)
+                                                                llm.lse_square_scale, llm.softcap_code, acc_loss,
+                                                                inplace_backward)
     except IndexError as error:
         raise target_error_from(error, ignore_index) from None
     except ValueError as error:
