@@ -234,6 +234,16 @@ def test_create_graph_gets_a_fresh_gradient():
     torch.testing.assert_close(logits_after, x.detach() * 2, rtol=0, atol=0)
 
 
+def test_func_grad_ignores_the_option():
+    """torch.func.grad takes torch's composite (no autograd of ours, nothing written in place):
+    the option changes nothing there, not even for the transform's own leaf inputs."""
+    x = torch.randn(6, 5, generator=gen(1), dtype=torch.float64)
+    t = torch.randint(0, 5, (6,), generator=gen(2))
+    expected = torch.func.grad(lambda a: F.cross_entropy(a, t, label_smoothing=0.1))(x)
+    got = torch.func.grad(lambda a: vl.cross_entropy(a, t, label_smoothing=0.1, inplace_backward=True))(x)
+    torch.testing.assert_close(got, expected)
+
+
 def test_compile_ignores_the_option():
     """torch.compile traces the normal backward (cross_entropy_bwd, never cross_entropy_bwd_), and
     its gradient is torch's."""

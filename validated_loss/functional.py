@@ -76,11 +76,6 @@ def cross_entropy(
     if inplace_backward and mode == "probs":
         raise NotImplementedError("inplace_backward needs class-index targets; this target has the input's shape "
                                   "(class probabilities): pass inplace_backward=False")
-    # torch.compile traces the normal backward (an in-place write into a traced activation is not
-    # ours to make), so there the option is ignored, and so is its check.
-    inplace_backward = bool(inplace_backward) and not torch.compiler.is_compiling()
-    if inplace_backward:
-        diagnostics.check_inplace_backward(input)
     # torch's autocast runs cross_entropy under its fp32 policy: float32 results from half and
     # bfloat16 operands. Our kernels read those as they are, accumulate in float32 anyway and
     # write a float32 loss (acc_loss): no float32 copy of the logits.
@@ -91,6 +86,12 @@ def cross_entropy(
         return _torch_fallback(input, target, weight, reduction_code, ignore_index, label_smoothing, mode, llm)
     if mode == "probs":
         return _probability_loss(input, target, weight, reduction_code, label_smoothing, check_finite, autocast)
+    # Only our autograd writes in place (torch's fallbacks above compute their own gradient), and
+    # not under torch.compile, which traces the normal backward: there the option is ignored, and so
+    # is its check.
+    inplace_backward = bool(inplace_backward) and not torch.compiler.is_compiling()
+    if inplace_backward:
+        diagnostics.check_inplace_backward(input)
     return _class_index_loss(input, target, weight, reduction_code, ignore_index, label_smoothing, check_finite,
                              VALIDATE_MODES[validate], llm, acc_loss=autocast, inplace_backward=inplace_backward)
 
