@@ -4,6 +4,7 @@
 #include <cmath>
 #include <sstream>
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <c10/util/Exception.h>
@@ -14,6 +15,10 @@ namespace validated_loss {
 
 at::ScalarType accumulate_dtype(at::ScalarType logits_dtype) {
   return logits_dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+at::ScalarType loss_dtype(at::ScalarType logits_dtype, bool acc_loss) {
+  return acc_loss ? accumulate_dtype(logits_dtype) : logits_dtype;
 }
 
 static void check_logits(const at::Tensor& logits) {
@@ -69,6 +74,16 @@ void check_llm_options(double lse_square_scale, double softcap) {
               lse_square_scale);
   TORCH_CHECK(std::isfinite(softcap) && softcap >= 0, "validated_loss: softcap must be 0 (none) or positive, got ",
               softcap);
+}
+
+// "No internal overlap" in ATen's sense (non-overlapping and dense: the layout it can vouch for
+// cheaply; a stride-0 or otherwise overlapping dimension would have rows written over rows still to
+// be read). The Python layer asks the same function (torch._debug_has_internal_overlap) and uses a
+// fresh gradient in every other case.
+void check_in_place_gradient(const at::Tensor& logits) {
+  TORCH_CHECK(at::has_internal_overlap(logits) == at::MemOverlap::No,
+              "validated_loss: cross_entropy_bwd_ writes the gradient over the logits, which must be "
+              "non-overlapping and dense; got sizes ", logits.sizes(), ", strides ", logits.strides());
 }
 
 void check_rows_tensor(const std::optional<at::Tensor>& t, int64_t num_rows, const char* name) {

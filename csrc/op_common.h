@@ -16,6 +16,9 @@ namespace validated_loss {
 // float64 logits accumulate in float64, everything else in float32.
 at::ScalarType accumulate_dtype(at::ScalarType logits_dtype);
 
+// The forward's loss dtype: the logits', or their accumulate dtype when the op's acc_loss is set.
+at::ScalarType loss_dtype(at::ScalarType logits_dtype, bool acc_loss);
+
 // The ops' contract on shapes and dtypes. The Python layer has already explained any misuse in
 // the user's terms; these checks only guarantee that the kernels never index out of bounds.
 void check_index_op_args(const at::Tensor& logits, const at::Tensor& target,
@@ -25,6 +28,9 @@ void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
 
 // z-loss scale finite; softcap 0 (none) or positive and finite.
 void check_llm_options(double lse_square_scale, double softcap);
+
+// cross_entropy_bwd_ writes the gradient over the logits: every element must have memory of its own.
+void check_in_place_gradient(const at::Tensor& logits);
 
 // An optional per-row tensor (grad_lse) holds one value per row, on the logits' device.
 void check_rows_tensor(const std::optional<at::Tensor>& t, int64_t num_rows, const char* name);

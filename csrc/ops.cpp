@@ -16,6 +16,11 @@
 //   softcap     logits replaced by softcap * tanh(x / softcap) before the softmax (0: none).
 //               Both are class-index options (xent_row.h says how they enter loss and gradient).
 //   grad_lse    the gradient of each row's lse (max + log_sum), when the caller returns it.
+//   acc_loss    the loss (reduced, or the 'none' rows) in the accumulate dtype instead of the
+//               logits': float32 from float16/bfloat16 logits read as they are (autocast's fp32
+//               policy without a float32 copy of the logits); no change for float32/float64.
+//   inplace_backward  for autograd only (the kernels ignore it): the backward writes the gradient
+//               over the logits with cross_entropy_bwd_ instead of allocating one.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -30,12 +35,18 @@ TORCH_LIBRARY(validated_loss, m) {
   m.def(
       "cross_entropy_fwd(Tensor logits, Tensor target, Tensor? weight, int reduction, "
       "int ignore_index, float label_smoothing, bool check_finite=False, int validate=1, "
-      "float lse_square_scale=0., float softcap=0.) "
+      "float lse_square_scale=0., float softcap=0., bool acc_loss=False, bool inplace_backward=False) "
       "-> (Tensor loss, Tensor lse, Tensor total_weight, Tensor status)");
   m.def(
       "cross_entropy_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
       "Tensor lse, Tensor total_weight, int reduction, int ignore_index, float label_smoothing, "
       "float lse_square_scale=0., float softcap=0., Tensor? grad_lse=None) -> Tensor");
+  // cross_entropy_bwd with the gradient written over the logits themselves (inplace_backward):
+  // no gradient-sized allocation. The logits must be non-overlapping and dense.
+  m.def(
+      "cross_entropy_bwd_(Tensor(a!) logits, Tensor grad_loss, Tensor target, Tensor? weight, "
+      "Tensor lse, Tensor total_weight, int reduction, int ignore_index, float label_smoothing, "
+      "float lse_square_scale=0., float softcap=0., Tensor? grad_lse=None) -> ()");
   // The chunk step of linear_cross_entropy: forward and gradient in one pass, the gradient of
   // sum_r grad_loss_r * loss_r + grad_lse_r * lse_r (grad_loss None: 1) written over the logits.
   // reduction 0 ('none': per-row losses, logits' dtype) or 2 ('sum': accumulate dtype).
@@ -46,7 +57,8 @@ TORCH_LIBRARY(validated_loss, m) {
       "-> (Tensor loss, Tensor lse, Tensor total_weight, Tensor status)");
   m.def(
       "cross_entropy_prob_fwd(Tensor logits, Tensor target, Tensor? weight, int reduction, "
-      "float label_smoothing, bool check_finite=False) -> (Tensor loss, Tensor lse, Tensor status)");
+      "float label_smoothing, bool check_finite=False, bool acc_loss=False) "
+      "-> (Tensor loss, Tensor lse, Tensor status)");
   m.def(
       "cross_entropy_prob_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
       "Tensor lse, int reduction, float label_smoothing, bool target_grad) "

@@ -281,14 +281,43 @@ def test_current_stream_and_determinism():
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
 
 
-def test_autocast_reads_low_precision_logits_and_returns_float32():
-    x = torch.randn(8, 32000, device=DEV, dtype=torch.bfloat16, requires_grad=True)
-    t = torch.randint(0, 32000, (8,), device=DEV)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        ours = vl.cross_entropy(x, t)
-        ref = F.cross_entropy(x, t)
-    assert ours.dtype == ref.dtype == torch.float32
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("shape", ["tiny", "c32771"])
+def test_autocast_reads_low_precision_logits_and_returns_float32(reduction, shape):
+    """acc_loss: bfloat16 logits read as they are, float32 losses (per row too), bfloat16 gradient."""
+    n, c, _ = SHAPES[shape]
+    x = torch.randn(n, c, device=DEV, dtype=torch.bfloat16)
+    t = torch.randint(0, c, (n,), device=DEV)
+    results = []
+    for fn in (vl.cross_entropy, F.cross_entropy):
+        xl = x.detach().requires_grad_()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = fn(xl, t, reduction=reduction, label_smoothing=0.1)
+        (g,) = torch.autograd.grad(loss.sum(), xl)
+        results.append((loss.detach(), g))
+    (ours, g_ours), (ref, g_ref) = results
+    assert ours.dtype == ref.dtype == torch.float32 and g_ours.dtype == torch.bfloat16
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(g_ours, g_ref, rtol=1e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("dt", ["f32", "bf16"])
+@pytest.mark.parametrize("shape", ["tiny", "c1023", "c32771", "nchw"])
+def test_inplace_backward_gives_the_same_gradient_in_the_logits(dt, shape):
+    """cross_entropy_bwd_: the backward kernel over the logits, bitwise the out-of-place gradient."""
+    n, c, spatial = SHAPES[shape]
+    x = torch.randn((n, c) + spatial, generator=seeded(3), dtype=torch.float64).to(DEV, DTYPES[dt])
+    t = torch.randint(0, c, (n,) + spatial, generator=seeded(4)).to(DEV)
+    results = []
+    for inplace in (False, True):
+        leaf = x.detach().requires_grad_()
+        logits = leaf.clone()
+        loss = vl.cross_entropy(logits, t, label_smoothing=0.1, inplace_backward=inplace)
+        (g,) = torch.autograd.grad(loss, logits)
+        results.append((g, g.data_ptr() == logits.data_ptr()))
+    (fresh, aliased_fresh), (in_place, aliased) = results
+    assert aliased and not aliased_fresh
+    assert torch.equal(fresh, in_place)
 
 
 def test_empty_batch():

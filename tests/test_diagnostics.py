@@ -428,6 +428,7 @@ def test_every_exception_is_a_validated_loss_error_of_torchs_types():
         D.DeviceMismatchError: (RuntimeError,),
         D.TargetOutOfRangeError: (IndexError,),
         D.NonFiniteLogitsError: (ValueError, RuntimeError),
+        D.InplaceBackwardError: (ValueError,),
     }
     for cls, bases in expected_bases.items():
         assert issubclass(cls, D.ValidatedLossError), cls

@@ -143,8 +143,8 @@ def test_gradcheck_would_fail_on_a_wrong_gradient():
 
 # --------------------------------------------------------------------------- opcheck
 
-OPS = ("cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_prob_fwd", "cross_entropy_prob_bwd",
-       "cross_entropy_fwd_grad")
+OPS = ("cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_bwd_", "cross_entropy_prob_fwd",
+       "cross_entropy_prob_bwd", "cross_entropy_fwd_grad")
 
 
 class _Spy(TorchDispatchMode):
@@ -216,6 +216,37 @@ def _public_calls():
     return out
 
 
+def _public_inplace_calls():
+    """inplace_backward calls: the gradient written over the logits (dtypes, layouts, options)."""
+    g = gen(14)
+    x = torch.randn(6, C, generator=g, dtype=torch.float64)
+    t = torch.randint(0, C, (6,), generator=g)
+    t[::3] = 1
+    w = torch.rand(C, generator=g, dtype=torch.float64) + 0.5
+    x4 = relayout(torch.randn(2, C, 3, 2, generator=g), "channels_last")
+    return [
+        (x, t, dict(weight=w, ignore_index=1, label_smoothing=0.1)),
+        (relayout(x.float(), "transposed"), t, dict(reduction="none")),
+        (x.bfloat16(), t, dict(reduction="sum", lse_square_scale=0.1, softcap=2.0, return_lse=True)),
+        (x4, torch.randint(0, C, (2, 3, 2), generator=g), dict(label_smoothing=0.2)),
+    ]
+
+
+def _public_autocast_calls():
+    """Calls under CPU autocast (bfloat16/float16 logits, float32 losses)."""
+    g = gen(13)
+    x = torch.randn(6, C, generator=g)
+    t = torch.randint(0, C, (6,), generator=g)
+    q = torch.softmax(torch.randn(6, C, generator=g), 1)
+    w = torch.rand(C, generator=g) + 0.5
+    return [
+        (x.bfloat16(), t, dict(weight=w, reduction="none", label_smoothing=0.1)),
+        (x.half(), t, dict(reduction="mean")),
+        (x.bfloat16(), q.bfloat16(), dict(reduction="none")),
+        (x.half(), q.half(), dict(reduction="sum", label_smoothing=0.2)),
+    ]
+
+
 def _public_linear_calls():
     """linear_cross_entropy calls: its chunk step (cross_entropy_fwd_grad) in 'sum' and 'none'."""
     g = gen(12)
@@ -244,6 +275,15 @@ def _samples():
                 loss.backward(go)
             else:
                 torch.autograd.backward([loss, lse], [go, torch.full_like(lse, 0.5)])
+        for x, t, kw in _public_inplace_calls():  # cross_entropy_bwd_ (logits: a non-leaf copy)
+            loss = vl.cross_entropy(x.detach().requires_grad_().clone(), t, inplace_backward=True, **kw)
+            loss, lse = loss if isinstance(loss, tuple) else (loss, None)
+            torch.autograd.backward([loss] + ([lse] if lse is not None else []),
+                                    [torch.ones_like(loss)] + ([torch.full_like(lse, 0.5)] if lse is not None else []))
+        for x, t, kw in _public_autocast_calls():  # acc_loss: half logits read as they are, float32 loss
+            with torch.autocast("cpu", dtype=x.dtype):
+                loss = vl.cross_entropy(x.detach().requires_grad_(), t, **kw)
+            loss.backward(torch.ones_like(loss))
         for x, W, t, kw in _public_linear_calls():
             out = vl.linear_cross_entropy(x.detach().requires_grad_(), W.detach().requires_grad_(), t, **kw)
             loss, lse = out if isinstance(out, tuple) else (out, None)
@@ -433,6 +473,32 @@ def test_compile_4d_channels_last():
     ref.backward()
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(g, conv.weight.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.usefixtures("fresh_dynamo")
+@pytest.mark.parametrize("tkind", ["index", "prob"])
+def test_compile_autocast(tkind):
+    """Under autocast the compiled graph reads the bfloat16 logits too (acc_loss through the fake
+    kernels): a float32 loss and a bfloat16 gradient, equal to eager's."""
+    x = torch.randn(6, C, generator=gen(1)).bfloat16()
+    t = torch.randint(0, C, (6,), generator=gen(2)) if tkind == "index" else \
+        torch.softmax(torch.randn(6, C, generator=gen(2)), 1).bfloat16()
+    w = torch.rand(C, generator=gen(3)) + 0.5
+
+    def f(x, t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return vl.cross_entropy(x, t, w, label_smoothing=0.1)
+
+    results = []
+    for fn in (f, torch.compile(f, backend="aot_eager", fullgraph=True)):
+        xl = x.detach().requires_grad_()
+        loss = fn(xl, t)
+        (g,) = torch.autograd.grad(loss, xl)
+        results.append((loss, g))
+    (eager, g_eager), (compiled, g_compiled) = results
+    assert compiled.dtype == torch.float32 and g_compiled.dtype == torch.bfloat16
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    torch.testing.assert_close(g_compiled, g_eager, rtol=0, atol=0)
 
 
 @pytest.mark.usefixtures("fresh_dynamo")

@@ -12,6 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from conftest import compare_cross_entropy, gen, relayout, require_vl, seed_of, ulp
 
 vl = require_vl()
@@ -690,6 +692,118 @@ def test_autocast(amp_dtype, tkind, reduction):
     assert ours.dtype == theirs.dtype, f"autocast: ours {ours.dtype}, torch {theirs.dtype}"
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ours_g, theirs_g, rtol=1e-2, atol=1e-3)  # the linear's own bf16/f16 grad
+
+
+def _under_autocast(fn, amp_dtype):
+    """fn called inside torch.autocast("cpu", amp_dtype); its backward runs outside, as in training."""
+    def call(*args, **kwargs):
+        with torch.autocast("cpu", dtype=amp_dtype):
+            return fn(*args, **kwargs)
+    return call
+
+
+AUTOCAST_CASES = {  # name -> (family, target kind, weight dtype or None, kwargs)
+    "plain": ("2d", "i64", None, {}),
+    "weight_f32": ("2d", "i64", torch.float32, {}),
+    "weight_amp": ("2d", "i64", "amp", {}),
+    "smoothing": ("2d", "i64", None, {"label_smoothing": 0.1}),
+    "ignore": ("2d", "i64", None, {"ignore_index": 2}),
+    "all_3d": ("3d", "i64", torch.float32, {"label_smoothing": 0.2, "ignore_index": 1}),
+    "prob_amp": ("2d", "prob_amp", None, {"label_smoothing": 0.1}),
+    "prob_weight": ("3d", "prob_amp", torch.float32, {}),
+    "prob_f32": ("2d", "prob_f32", None, {}),  # mixed dtypes: promoted (cast), as torch
+}
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("case", list(AUTOCAST_CASES))
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_autocast_parity(amp_dtype, case, reduction):
+    """Both under the same autocast, half/bfloat16 logits: a float32 loss (reduced or per row)
+    within float32 tolerance of torch, and a gradient in the logits' dtype at least as close to
+    the float64 truth as torch's (compare_cross_entropy's low-precision rule)."""
+    family, tkind, wdtype, kwargs = AUTOCAST_CASES[case]
+    in_shape, t_shape = FAMILIES[family]
+    seed = seed_of("autocast", amp_dtype, case, reduction)
+    x = make_logits(in_shape, amp_dtype, seed)
+    if tkind == "i64":
+        t = make_index_target(t_shape, C, seed, ignore=kwargs.get("ignore_index"))
+    else:
+        t = make_prob_target(in_shape, amp_dtype if tkind == "prob_amp" else torch.float32, seed)
+    w = None if wdtype is None else make_weight(C, amp_dtype if wdtype == "amp" else wdtype, seed)
+    ours, theirs, _, _ = compare_cross_entropy(
+        x, t, w, ours=_under_autocast(vl.cross_entropy, amp_dtype),
+        reference=_under_autocast(F.cross_entropy, amp_dtype), reduction=reduction, **kwargs)
+    assert ours.dtype == theirs.dtype == torch.float32
+
+
+class _CopySpy(TorchDispatchMode):
+    """Records the dtype conversions (and the validated_loss calls) that run while active."""
+
+    def __init__(self):
+        super().__init__()
+        self.copies, self.op_inputs = [], []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._to_copy.default, torch.ops.aten.copy_.default) or \
+                func.overloadpacket is torch.ops.aten.to:
+            self.copies.append((str(func), [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]))
+        if func.namespace == "validated_loss":
+            self.op_inputs.append((func._schema.name, args[0].dtype if func._schema.name.endswith("_fwd") else None))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("tkind", ["i64", "prob_amp"])
+def test_autocast_makes_no_float32_copy_of_the_logits(amp_dtype, tkind):
+    """The logits reach the kernel as they are: no conversion of a logits-sized tensor runs in the
+    forward or the backward (a float32 copy would show as aten._to_copy of shape (N, C))."""
+    x = make_logits((64, 300), amp_dtype, 1).requires_grad_()
+    t = make_index_target((64,), 300, 2) if tkind == "i64" else make_prob_target((64, 300), amp_dtype, 2)
+    w = make_weight(300, torch.float32, 3)
+    spy = _CopySpy()
+    with spy:
+        with torch.autocast("cpu", dtype=amp_dtype):
+            loss = vl.cross_entropy(x, t, w if tkind == "i64" else None, label_smoothing=0.1)
+        loss.backward()
+    assert loss.dtype == torch.float32 and x.grad.dtype == amp_dtype
+    big = [c for c in spy.copies if any(s in ((64, 300), (300, 64)) for s in c[1])]
+    assert not big, f"logits-sized conversions under autocast: {big}"
+    forwards = [dtype for name, dtype in spy.op_inputs if dtype is not None]
+    assert forwards == [amp_dtype], f"forward ops saw logits of dtype {forwards}"
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_autocast_weight_dtype_rules(amp_dtype):
+    """Under autocast torch compares the weight's and the logits' dtypes after its fp32 cast: a
+    float32 (or half) weight is fine with half logits, a float64 one is not (for both)."""
+    x = make_logits((4, C), amp_dtype, 1)
+    t = make_index_target((4,), C, 2)
+    for fn in (vl.cross_entropy, F.cross_entropy):
+        with torch.autocast("cpu", dtype=amp_dtype):
+            assert fn(x, t, make_weight(C, torch.float32, 3)).dtype == torch.float32
+            assert fn(x.float(), t, make_weight(C, amp_dtype, 3)).dtype == torch.float32
+            with pytest.raises(RuntimeError, match="expected scalar type Float but found Double"):
+                fn(x, t, make_weight(C, torch.float64, 3))
+
+
+@pytest.mark.parametrize("amp_dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+def test_autocast_double_backward(amp_dtype):
+    """Second order under autocast differentiates the same float32 graph as torch's."""
+    x = make_logits((4, C), amp_dtype, 1)
+    t = make_index_target((4,), C, 2)
+    results = []
+    for fn in (vl.cross_entropy, F.cross_entropy):
+        xl = x.detach().requires_grad_()
+        with torch.autocast("cpu", dtype=amp_dtype):
+            loss = fn(xl, t, label_smoothing=0.1)
+        (g,) = torch.autograd.grad(loss, xl, create_graph=True)
+        (gg,) = torch.autograd.grad((g.float() ** 2).sum(), xl)
+        results.append((g.detach(), gg))
+    (g_ours, gg_ours), (g_torch, gg_torch) = results
+    assert g_ours.dtype == g_torch.dtype == gg_ours.dtype == gg_torch.dtype == amp_dtype
+    torch.testing.assert_close(g_ours, g_torch, rtol=0, atol=0)
+    torch.testing.assert_close(gg_ours, gg_torch)
 
 
 @pytest.mark.parametrize("tkind", ["i64", "prob_soft"])

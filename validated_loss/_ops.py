@@ -30,16 +30,21 @@ def rows_shape(logits):
     return logits.shape[:1] + logits.shape[2:]
 
 
+def loss_dtype(logits, acc_loss):
+    """The forward ops' loss dtype: the logits', or the accumulate dtype for acc_loss (autocast)."""
+    return accumulate_dtype(logits.dtype) if acc_loss else logits.dtype
+
+
 # ---------------------------------------------------------------------------------------------
 # Fake kernels
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_fwd")
 def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, check_finite=False, validate=1,
-              lse_square_scale=0.0, softcap=0.0):
+              lse_square_scale=0.0, softcap=0.0, acc_loss=False, inplace_backward=False):
     acc = accumulate_dtype(logits.dtype)
     rows = rows_shape(logits)
-    loss = logits.new_empty(rows) if reduction == 0 else logits.new_empty(())
+    loss = logits.new_empty(rows if reduction == 0 else (), dtype=loss_dtype(logits, acc_loss))
     lse = logits.new_empty((math.prod(rows), 2), dtype=acc)
     return loss, lse, logits.new_empty((), dtype=acc), logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
 
@@ -48,6 +53,12 @@ def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, 
 def _bwd_fake(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
               lse_square_scale=0.0, softcap=0.0, grad_lse=None):
     return torch.empty_like(logits)
+
+
+@torch.library.register_fake("validated_loss::cross_entropy_bwd_")
+def _bwd_inplace_fake(logits, grad_loss, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
+                      lse_square_scale=0.0, softcap=0.0, grad_lse=None):
+    return None
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_fwd_grad")
@@ -61,9 +72,9 @@ def _fwd_grad_fake(logits, target, weight, reduction, ignore_index, label_smooth
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_prob_fwd")
-def _prob_fwd_fake(logits, target, weight, reduction, label_smoothing, check_finite=False):
+def _prob_fwd_fake(logits, target, weight, reduction, label_smoothing, check_finite=False, acc_loss=False):
     rows = rows_shape(logits)
-    loss = logits.new_empty(rows) if reduction == 0 else logits.new_empty(())
+    loss = logits.new_empty(rows if reduction == 0 else (), dtype=loss_dtype(logits, acc_loss))
     lse = logits.new_empty((math.prod(rows), 2), dtype=accumulate_dtype(logits.dtype))
     return loss, lse, logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
 
@@ -85,18 +96,26 @@ def _raise_fake(status, target_shape, num_classes, ignore_index, logits_shape):
 # differentiated, so double backward has exactly torch's semantics.
 
 
+def _in_loss_dtype(grad_loss, *tensors):
+    """The floating operands cast (differentiably) to the loss's dtype, which grad_loss has: the
+    logits' own, or float32 from half logits under autocast (acc_loss), as torch's autocast graph
+    computes it. No-op casts outside autocast."""
+    return tuple(t.to(grad_loss.dtype) if t is not None and t.is_floating_point() else t for t in tensors)
+
+
 def _torch_first_order(logits, target, weight, reduction, ignore_index, label_smoothing, grad_loss,
                        lse_square_scale=0.0, softcap=0.0, grad_lse=None):
     """torch's d loss / d (logits, target) as a differentiable graph (for second order); with the
     LLM options (z-loss, softcap, an lse gradient), the same written with torch ops (_reference)."""
+    x, q, w = _in_loss_dtype(grad_loss, logits, target, weight)
     if not (lse_square_scale or softcap or grad_lse is not None):
-        loss = torch_cross_entropy(logits, target, weight, ignore_index=ignore_index,
+        loss = torch_cross_entropy(x, q, w, ignore_index=ignore_index,
                                    reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
         wrt = [logits] + ([target] if target.requires_grad else [])
         return torch.autograd.grad(loss, wrt, grad_loss, create_graph=True)
     from . import _reference
 
-    loss, lse = _reference.cross_entropy(logits, target, weight, REDUCTION_NAMES[reduction], ignore_index,
+    loss, lse = _reference.cross_entropy(x, q, w, REDUCTION_NAMES[reduction], ignore_index,
                                          label_smoothing, lse_square_scale, softcap or None)
     total = (loss * grad_loss).sum()
     if grad_lse is not None:
@@ -120,6 +139,7 @@ def _second_order(ctx_inputs, grads_out, build):
 def _fwd_setup(ctx, inputs, output):
     logits, target, weight, reduction, ignore_index, label_smoothing = inputs[:6]
     lse_square_scale, softcap = (inputs[8], inputs[9]) if len(inputs) > 8 else (0.0, 0.0)
+    ctx.inplace_backward = len(inputs) > 11 and inputs[11]
     loss, lse, total_weight, _ = output
     ctx.set_materialize_grads(False)  # no zero-filled gradients for lse, total_weight and status
     ctx.save_for_backward(logits, target, weight, lse, total_weight)
@@ -142,8 +162,25 @@ def _fwd_backward(ctx, grad_loss, grad_lse, grad_total_weight, grad_status):
     if ctx.needs_input_grad[0] and (grad_loss is not None or lse_grad is not None):
         if grad_loss is None:
             grad_loss = logits.new_zeros(ctx.loss_shape)
-        grad = ops.cross_entropy_bwd(grad_loss, logits, target, weight, lse, total_weight, *ctx.args, lse_grad)
+        if _gradient_in_place(ctx, logits):
+            ops.cross_entropy_bwd_(logits, grad_loss, target, weight, lse, total_weight, *ctx.args, lse_grad)
+            # The logits now hold their gradient: any other node that saved them (logits.exp(), a
+            # second backward through this graph) must raise rather than read it.
+            torch.autograd.graph.increment_version(logits)
+            grad = logits
+        else:
+            grad = ops.cross_entropy_bwd(grad_loss, logits, target, weight, lse, total_weight, *ctx.args, lse_grad)
     return (grad,) + (None,) * (ctx.num_inputs - 1)
+
+
+def _gradient_in_place(ctx, logits):
+    """inplace_backward, when the gradient can be written over the logits: not under create_graph
+    (double backward differentiates this gradient: it must be a graph of its own, not the logits'
+    storage), not while torch.compile or compiled autograd traces the backward, and only over
+    logits whose every element has memory of its own (ATen's has_internal_overlap says "no": the
+    check cross_entropy_bwd_ makes); in every other case the normal backward allocates a gradient."""
+    return (ctx.inplace_backward and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and torch._debug_has_internal_overlap(logits) == 0)
 
 
 def _bwd_setup(ctx, inputs, output):
@@ -175,14 +212,16 @@ def _prob_fwd_setup(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     ctx.save_for_backward(logits, target, weight, output[1])
     ctx.args = (reduction, label_smoothing)
+    ctx.num_inputs = len(inputs)
 
 
 def _prob_fwd_backward(ctx, grad_loss, grad_lse, grad_status):
     logits, target, weight, lse = ctx.saved_tensors
     reduction, label_smoothing = ctx.args
     grad_x = grad_q = grad_w = None
+    no_grads = (None,) * (ctx.num_inputs - 3)
     if grad_loss is None:
-        return None, None, None, None, None, None
+        return (None, None, None) + no_grads
     if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
         grad_x, grad_q = ops.cross_entropy_prob_bwd(grad_loss, logits, target, weight, lse, reduction,
                                                     label_smoothing, ctx.needs_input_grad[1])
@@ -192,10 +231,11 @@ def _prob_fwd_backward(ctx, grad_loss, grad_lse, grad_status):
         # enough that torch's composite computes it.
         with torch.enable_grad():
             w = weight.detach().requires_grad_()
-            loss = torch_cross_entropy(logits.detach(), target.detach(), w,
-                                       reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
+            x, q, w_loss = _in_loss_dtype(grad_loss, logits.detach(), target.detach(), w)
+            loss = torch_cross_entropy(x, q, w_loss, reduction=REDUCTION_NAMES[reduction],
+                                       label_smoothing=label_smoothing)
             (grad_w,) = torch.autograd.grad(loss, w, grad_loss)
-    return grad_x, grad_q, grad_w, None, None, None
+    return (grad_x, grad_q, grad_w) + no_grads
 
 
 def _prob_bwd_setup(ctx, inputs, output):

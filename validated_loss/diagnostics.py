@@ -74,6 +74,7 @@ __all__ = [
     "DeviceMismatchError",
     "TargetOutOfRangeError",
     "NonFiniteLogitsError",
+    "InplaceBackwardError",
     "check_inputs",
     "check_batch",
     "BatchReport",
@@ -191,6 +192,11 @@ class NonFiniteLogitsError(ValidatedLossError, ValueError, RuntimeError):
         self.value = value
 
 
+class InplaceBackwardError(ValidatedLossError, ValueError):
+    """inplace_backward=True for logits the gradient must not be written over (a leaf that
+    requires grad, or a view of one)."""
+
+
 # =============================================================================
 # Small formatting helpers
 # =============================================================================
@@ -274,6 +280,38 @@ def _expected_line(input) -> str:
 def _is_low_precision_float(dtype: torch.dtype) -> bool:
     # float8 / float4 types: floating, one byte, and not promotable.
     return dtype.is_floating_point and dtype.itemsize == 1
+
+
+def check_inplace_backward(input) -> None:
+    """inplace_backward=True writes the gradient over the logits' memory and hands that memory to
+    autograd as their gradient. For a leaf that requires grad (or a view of one) that gradient
+    would be accumulated into .grad as the leaf's own storage, its values overwritten: refused."""
+    base = input if input._base is None else input._base
+    if not (input.requires_grad and base.is_leaf and torch.is_grad_enabled()):
+        return
+    what = "a leaf tensor that requires grad" if base is input else "a view of a leaf tensor that requires grad"
+    raise InplaceBackwardError(_message(
+        f"inplace_backward=True writes the gradient over the logits, but the input is {what}",
+        [_describe("input", input)],
+        "autograd would accumulate the leaf's own storage, overwritten by its gradient, into its "
+        ".grad (inplace_backward hands the logits' memory to autograd as their gradient).",
+        "inplace_backward=False, or pass logits produced by the model (e.g. hidden @ W.T); a copy "
+        "(input.clone()) works but allocates what inplace_backward saves."))
+
+
+def autocast_enabled(t: torch.Tensor) -> bool:
+    """Whether torch's autocast is on for t's device (then cross_entropy runs under its fp32
+    policy)."""
+    device = t.device.type
+    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+def autocast_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype torch computes cross_entropy with for t: under autocast's fp32 policy half and
+    bfloat16 count as float32 (float64 stays); outside autocast, t's own."""
+    if t.dtype in (torch.float16, torch.bfloat16) and autocast_enabled(t):
+        return torch.float32
+    return t.dtype
 
 
 def _index_dtype_ok(input, target) -> bool:
@@ -731,10 +769,11 @@ def _weight_shape_hint(input, weight):
 
 
 def _check_weight_dtype(input, target, weight):
-    if weight is None or weight.dtype == input.dtype:
+    # Under autocast torch compares the dtypes its fp32 policy made of them.
+    if weight is None or autocast_dtype(weight) == autocast_dtype(input):
         return
-    torch_text = (f"expected scalar type {_cpp_name(input.dtype)} but found "
-                  f"{_cpp_name(weight.dtype)}")
+    torch_text = (f"expected scalar type {_cpp_name(autocast_dtype(input))} but found "
+                  f"{_cpp_name(autocast_dtype(weight))}")
     if weight.dtype == torch.float64:
         cause = (f"float64 weights usually come from numpy (torch.tensor(np_array)); the "
                  f"logits are {input.dtype}.")

@@ -6,6 +6,7 @@ the kernel runs. Value checks (target range, non-finite logits) happen inside th
 pass; the errors it reports are re-raised here as the package's exception classes.
 """
 
+import functools
 import operator
 
 import torch
@@ -36,6 +37,7 @@ def cross_entropy(
     lse_square_scale=0.0,
     softcap=None,
     return_lse=False,
+    inplace_backward=False,
 ):
     """Drop-in for torch.nn.functional.cross_entropy, computed by validated_loss's fused kernels.
 
@@ -50,13 +52,15 @@ def cross_entropy(
       softcap: logits x become softcap * tanh(x / softcap) before the softmax (Gemma 2).
       return_lse: return (loss, lse), lse the log-sum-exp of each row's (capped) logits in the
         target's shape, float32 (float64 for float64 logits), 0 for ignored rows; differentiable.
+      inplace_backward: the backward writes the gradient over the logits' memory instead of
+        allocating one (class-index targets; see README for when it falls back and what it refuses).
     """
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(
             cross_entropy, (input, target, weight), input, target, weight=weight, size_average=size_average,
             ignore_index=ignore_index, reduce=reduce, reduction=reduction, label_smoothing=label_smoothing,
             validate=validate, check_finite=check_finite, lse_square_scale=lse_square_scale, softcap=softcap,
-            return_lse=return_lse,
+            return_lse=return_lse, inplace_backward=inplace_backward,
         )
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)  # warns as torch does
@@ -69,24 +73,35 @@ def cross_entropy(
     if mode == "probs" and llm.any:
         raise NotImplementedError("lse_square_scale, softcap and return_lse need class-index targets; "
                                   "this target has the input's shape (class probabilities)")
-    input, target, weight = _autocast_to_float32(input, target, weight)
+    if inplace_backward and mode == "probs":
+        raise NotImplementedError("inplace_backward needs class-index targets; this target has the input's shape "
+                                  "(class probabilities): pass inplace_backward=False")
+    # torch's autocast runs cross_entropy under its fp32 policy: float32 results from half and
+    # bfloat16 operands. Our kernels read those as they are, accumulate in float32 anyway and
+    # write a float32 loss (acc_loss): no float32 copy of the logits.
+    autocast = diagnostics.autocast_enabled(input)
 
     if not _ops.has_kernel(input.device.type) or _needs_torch_composite(input, target):
+        input, target, weight = _autocast_to_float32(autocast, input, target, weight)
         return _torch_fallback(input, target, weight, reduction_code, ignore_index, label_smoothing, mode, llm)
     if mode == "probs":
-        return _probability_loss(input, target, weight, reduction_code, label_smoothing, check_finite)
+        return _probability_loss(input, target, weight, reduction_code, label_smoothing, check_finite, autocast)
+    # Only our autograd writes in place (torch's fallbacks above compute their own gradient), and
+    # not under torch.compile, which traces the normal backward: there the option is ignored, and so
+    # is its check.
+    inplace_backward = bool(inplace_backward) and not torch.compiler.is_compiling()
+    if inplace_backward:
+        diagnostics.check_inplace_backward(input)
     return _class_index_loss(input, target, weight, reduction_code, ignore_index, label_smoothing, check_finite,
-                             VALIDATE_MODES[validate], llm)
+                             VALIDATE_MODES[validate], llm, acc_loss=autocast, inplace_backward=inplace_backward)
 
 
-def _autocast_to_float32(*tensors):
-    """torch's autocast runs cross_entropy in float32 (its fp32 policy, on CPU and CUDA): half
-    and bfloat16 operands are cast, float64 is left alone; outside autocast nothing changes."""
-    device = tensors[0].device.type
-    if not (torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)):
+def _autocast_to_float32(autocast, *tensors):
+    """What autocast's fp32 policy does to the operands (half and bfloat16 cast to float32,
+    float64 left alone), for the paths that hand them to torch's ops rather than our kernels."""
+    if not autocast:
         return tensors
-    low = (torch.float16, torch.bfloat16)
-    return tuple(t.float() if t is not None and t.dtype in low else t for t in tensors)
+    return tuple(t if t is None else t.to(diagnostics.autocast_dtype(t)) for t in tensors)
 
 
 def _needs_torch_composite(input, target):
@@ -136,7 +151,7 @@ def float_argument(value, argument):
 
 
 def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoothing, check_finite, validate,
-                      llm=None):
+                      llm=None, acc_loss=False, inplace_backward=False):
     llm = llm or NO_LLM_OPTIONS
     one_dim = input.dim() == 1  # (C,) logits with a () or (1,) target: one row
     logits = input.unsqueeze(0) if one_dim else input
@@ -147,7 +162,8 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
     try:
         loss, row_stats, _, status = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
                                                                 label_smoothing, check_finite, validate,
-                                                                llm.lse_square_scale, llm.softcap_code)
+                                                                llm.lse_square_scale, llm.softcap_code, acc_loss,
+                                                                inplace_backward)
     except IndexError as error:
         raise target_error_from(error, ignore_index) from None
     except ValueError as error:
@@ -161,18 +177,23 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
     return loss, (row_stats[:, 0] + row_stats[:, 1]).reshape(target.shape)
 
 
-def _probability_loss(input, target, weight, reduction, label_smoothing, check_finite):
-    # torch computes in result_type(input, target[, weight]); promote (a no-op when they agree).
-    dtype = torch.promote_types(input.dtype, target.dtype)
-    if weight is not None:
-        dtype = torch.promote_types(dtype, weight.dtype)
+def _probability_loss(input, target, weight, reduction, label_smoothing, check_finite, autocast=False):
+    # torch computes in result_type(input, target[, weight]) (under autocast: of the float32 its
+    # fp32 policy makes of half and bfloat16 operands); promote (a no-op when they agree).
+    operands = (input, target) if weight is None else (input, target, weight)
+    dtype = functools.reduce(torch.promote_types, (diagnostics.autocast_dtype(t) for t in operands))
+    # Autocast with half or bfloat16 logits and targets of that same dtype: the kernel reads both
+    # as they are (weights are read in float32 anyway) and writes a float32 loss. Mixed dtypes
+    # are cast to the promoted one, as torch does.
+    direct = autocast and input.dtype == target.dtype and _ops.loss_dtype(input, True) == dtype
+    if not direct:
+        input, target = input.to(dtype), target.to(dtype)
+        weight = weight.to(dtype) if weight is not None else None
     one_dim = input.dim() == 1
-    logits, probs = input.to(dtype), target.to(dtype)
-    if one_dim:
-        logits, probs = logits.unsqueeze(0), probs.unsqueeze(0)
-    weight = weight.to(dtype) if weight is not None else None
+    logits, probs = (input.unsqueeze(0), target.unsqueeze(0)) if one_dim else (input, target)
     try:
-        loss, _, _ = _ops.ops.cross_entropy_prob_fwd(logits, probs, weight, reduction, label_smoothing, check_finite)
+        loss, _, _ = _ops.ops.cross_entropy_prob_fwd(logits, probs, weight, reduction, label_smoothing, check_finite,
+                                                     direct)
     except ValueError as error:
         raise nonfinite_error_from(error) from None
     return loss.reshape(()) if one_dim and reduction == 0 else loss

@@ -12,25 +12,26 @@ from .linear import linear_cross_entropy
 
 class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
     """Drop-in for torch.nn.CrossEntropyLoss. Extra keyword-only arguments: `validate`
-    ("sync", "deferred", "off"), `check_finite`, and the LLM options `lse_square_scale`, `softcap`,
-    `return_lse` (see validated_loss.cross_entropy)."""
+    ("sync", "deferred", "off"), `check_finite`, the LLM options `lse_square_scale`, `softcap`,
+    `return_lse`, and `inplace_backward` (see validated_loss.cross_entropy)."""
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",
                  label_smoothing=0.0, *, validate="sync", check_finite=False, lse_square_scale=0.0, softcap=None,
-                 return_lse=False):
+                 return_lse=False, inplace_backward=False):
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
         self.validate = validate
         self.check_finite = check_finite
         self.lse_square_scale = lse_square_scale
         self.softcap = softcap
         self.return_lse = return_lse
+        self.inplace_backward = inplace_backward
 
     def forward(self, input, target):
         return cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                              reduction=self.reduction, label_smoothing=self.label_smoothing,
                              validate=self.validate, check_finite=self.check_finite,
                              lse_square_scale=self.lse_square_scale, softcap=self.softcap,
-                             return_lse=self.return_lse)
+                             return_lse=self.return_lse, inplace_backward=self.inplace_backward)
 
 
 class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):

@@ -56,12 +56,17 @@ LossOptions options_of(const Tensor& weight_acc, double label_smoothing, int64_t
                      z_scale, softcap};
 }
 
-// The reduced loss as a 0-dim tensor of the logits' dtype, or the per-row losses.
+// The per-row losses a 'none' forward writes (loss_dtype), else undefined.
+Tensor new_loss_rows(const Tensor& logits, int64_t reduction, at::ScalarType dtype) {
+  return reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options().dtype(dtype)) : Tensor();
+}
+
+// The reduced loss as a 0-dim tensor of `dtype` (loss_dtype), or the per-row losses.
 Tensor reduced_loss(const ForwardTotals& totals, int64_t reduction, double mean_divisor, const Tensor& loss_rows,
-                    const Tensor& logits) {
+                    const Tensor& logits, at::ScalarType dtype) {
   if (reduction == kReductionNone) return loss_rows;
   const double value = reduction == kReductionMean ? mean_loss(totals.loss_sum, mean_divisor) : totals.loss_sum;
-  return at::scalar_tensor(value, logits.options());
+  return at::scalar_tensor(value, logits.options().dtype(dtype));
 }
 
 Tensor status_of(const ForwardTotals& totals, const Tensor& logits) {
@@ -76,9 +81,10 @@ Tensor status_of(const ForwardTotals& totals, const Tensor& logits) {
   return status;
 }
 
-ForwardOutputs forward_outputs(const Tensor& loss_rows, const Tensor& lse, bool check_finite) {
-  return ForwardOutputs{loss_rows.defined() ? loss_rows.mutable_data_ptr() : nullptr, lse.mutable_data_ptr(),
-                        check_finite};
+ForwardOutputs forward_outputs(const Tensor& loss_rows, const Tensor& lse, bool check_finite, const Tensor& logits) {
+  const bool rows = loss_rows.defined();
+  return ForwardOutputs{rows ? loss_rows.mutable_data_ptr() : nullptr, lse.mutable_data_ptr(), check_finite,
+                        rows && loss_rows.scalar_type() != logits.scalar_type()};
 }
 
 // grad_output as the kernels want it: per row for 'none', else one scalar (divided by the total
@@ -114,7 +120,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
                                                                  int64_t reduction, int64_t ignore_index,
                                                                  double label_smoothing, bool check_finite,
                                                                  int64_t /*validate: the CPU always raises*/,
-                                                                 double lse_square_scale, double softcap) {
+                                                                 double lse_square_scale, double softcap,
+                                                                 bool acc_loss,
+                                                                 bool /*inplace_backward: autograd's*/) {
   check_index_op_args(logits, target, weight, reduction);
   check_llm_options(lse_square_scale, softcap);
   const auto acc = accumulate_dtype(logits.scalar_type());
@@ -122,23 +130,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
   const Tensor w = weights_for_kernel(weight, acc);
   const LogitsView x = view_of(logits);
   const Tensor lse = at::empty({x.geo.num_rows, 2}, logits.options().dtype(acc));
-  const Tensor loss_rows = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options()) : Tensor();
+  const auto out_dtype = loss_dtype(logits.scalar_type(), acc_loss);
+  const Tensor loss_rows = new_loss_rows(logits, reduction, out_dtype);
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   const ForwardTotals totals =
       kernels().index_forward(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
-                              forward_outputs(loss_rows, lse, check_finite));
+                              forward_outputs(loss_rows, lse, check_finite, logits));
   const Tensor status = status_of(totals, logits);
   raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
-  return {reduced_loss(totals, reduction, totals.total_weight, loss_rows, logits), lse,
+  return {reduced_loss(totals, reduction, totals.total_weight, loss_rows, logits, out_dtype), lse,
           at::scalar_tensor(totals.total_weight, logits.options().dtype(acc)), status};
 }
 
-Tensor cross_entropy_bwd_cpu(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
-                             const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
-                             int64_t reduction, int64_t ignore_index, double label_smoothing,
-                             double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
+// The class-index gradient: into a fresh tensor, or (in_place) over the logits themselves, which
+// every kernel path allows: each row or block of rows is read whole before its gradient is stored.
+Tensor index_backward(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                      const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                      int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+                      double softcap, const std::optional<Tensor>& grad_lse, bool in_place) {
   check_index_op_args(logits, target, weight, reduction);
   check_llm_options(lse_square_scale, softcap);
+  if (in_place) check_in_place_gradient(logits);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
   const Tensor w = weights_for_kernel(weight, acc);
@@ -146,11 +158,27 @@ Tensor cross_entropy_bwd_cpu(const Tensor& grad_loss, const Tensor& logits, cons
   check_rows_tensor(grad_lse, x.geo.num_rows, "grad_lse");
   const Tensor lse_c = lse.to(acc).contiguous();
   const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight.item<double>(), acc, grad_lse);
-  Tensor grad = empty_gradient_like(logits);
+  const Tensor grad = in_place ? logits : empty_gradient_like(logits);
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   kernels().index_backward(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
                            lse_c.const_data_ptr(), scale.scale, grad_output_of(grad));
   return grad;
+}
+
+Tensor cross_entropy_bwd_cpu(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                             const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                             int64_t reduction, int64_t ignore_index, double label_smoothing,
+                             double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
+  return index_backward(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index,
+                        label_smoothing, lse_square_scale, softcap, grad_lse, false);
+}
+
+void cross_entropy_bwd__cpu(Tensor& logits, const Tensor& grad_loss, const Tensor& target,
+                            const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                            int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+                            double softcap, const std::optional<Tensor>& grad_lse) {
+  index_backward(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
+                 lse_square_scale, softcap, grad_lse, true);
 }
 
 // Forward and gradient in one pass over a (chunk of) logits, the gradient written over the logits:
@@ -172,7 +200,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
   const LogitsView x = view_of(logits);
   check_rows_tensor(grad_lse, x.geo.num_rows, "grad_lse");
   const Tensor lse = at::empty({x.geo.num_rows, 2}, logits.options().dtype(acc));
-  const Tensor loss_rows = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options()) : Tensor();
+  const Tensor loss_rows = new_loss_rows(logits, reduction, logits.scalar_type());
   const Tensor ones = at::ones(reduction == kReductionNone ? at::IntArrayRef(rows_shape(logits)) : at::IntArrayRef{},
                                logits.options().dtype(acc));
   const Tensor& g = grad_loss.has_value() && grad_loss->defined() ? *grad_loss : ones;
@@ -182,7 +210,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   const ForwardTotals totals =
       kernels().index_forward_grad(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
-                                   forward_outputs(loss_rows, lse, check_finite), scale.scale, grad_output_of(logits));
+                                   forward_outputs(loss_rows, lse, check_finite, logits), scale.scale,
+                                   grad_output_of(logits));
   const Tensor status = status_of(totals, logits);
   raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
   const Tensor loss = reduction == kReductionNone ? loss_rows : at::scalar_tensor(totals.loss_sum, lse.options());
@@ -192,19 +221,21 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
 std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cpu(const Tensor& logits, const Tensor& target,
                                                               const std::optional<Tensor>& weight,
                                                               int64_t reduction, double label_smoothing,
-                                                              bool check_finite) {
+                                                              bool check_finite, bool acc_loss) {
   check_prob_op_args(logits, target, weight, reduction);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor w = weights_for_kernel(weight, acc);
   const LogitsView x = view_of(logits);
   const Tensor lse = at::empty({x.geo.num_rows, 2}, logits.options().dtype(acc));
-  const Tensor loss_rows = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options()) : Tensor();
+  const auto out_dtype = loss_dtype(logits.scalar_type(), acc_loss);
+  const Tensor loss_rows = new_loss_rows(logits, reduction, out_dtype);
   const ForwardTotals totals = kernels().prob_forward(x, view_of(target), options_of(w, label_smoothing, reduction),
-                                                     forward_outputs(loss_rows, lse, check_finite));
+                                                     forward_outputs(loss_rows, lse, check_finite, logits));
   const Tensor status = status_of(totals, logits);
   raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, -100, logits.sizes());
   // Torch's mean over probability targets divides by the number of rows, never by weights.
-  return {reduced_loss(totals, reduction, static_cast<double>(x.geo.num_rows), loss_rows, logits), lse, status};
+  return {reduced_loss(totals, reduction, static_cast<double>(x.geo.num_rows), loss_rows, logits, out_dtype), lse,
+          status};
 }
 
 std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cpu(const Tensor& grad_loss, const Tensor& logits,
@@ -239,6 +270,7 @@ void raise_for_status_cpu(const Tensor& status, c10::SymIntArrayRef target_shape
 TORCH_LIBRARY_IMPL(validated_loss, CPU, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cpu);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd_cpu);
+  m.impl("cross_entropy_bwd_", &cross_entropy_bwd__cpu);
   m.impl("cross_entropy_fwd_grad", &cross_entropy_fwd_grad_cpu);
   m.impl("cross_entropy_prob_fwd", &cross_entropy_prob_fwd_cpu);
   m.impl("cross_entropy_prob_bwd", &cross_entropy_prob_bwd_cpu);

@@ -31,9 +31,10 @@ struct LossOptions {
 };
 
 struct ForwardOutputs {
-  void* loss_rows;        // 'none': one loss per row in the logits' dtype; else nullptr
+  void* loss_rows;        // 'none': one loss per row, in the logits' dtype (or see loss_rows_acc); else nullptr
   void* lse;              // one accumulate-dtype value per row
   bool check_finite;
+  bool loss_rows_acc = false;  // loss_rows hold accumulate-dtype values (the ops' acc_loss)
 };
 
 struct ForwardTotals {

@@ -424,6 +424,18 @@ ForwardTotals for_each_row_block(int64_t num_rows, int64_t num_classes, const Bo
   return merge_totals(parts);
 }
 
+// One row's loss into the 'none' output, narrowed to the logits' dtype unless the output is
+// accumulate-dtype (autocast: float32 losses from half/bfloat16 logits).
+template <typename scalar_t, typename acc_t>
+void store_row_loss(const ForwardOutputs& out, int64_t r, acc_t loss) {
+  if (!out.loss_rows) return;
+  if (out.loss_rows_acc) {
+    static_cast<acc_t*>(out.loss_rows)[r] = loss;
+  } else {
+    static_cast<scalar_t*>(out.loss_rows)[r] = static_cast<scalar_t>(loss);
+  }
+}
+
 inline void note_nonfinite(ForwardTotals& part, int64_t row, int64_t cls) {
   if (cls < 0) return;
   if (part.nonfinite_row < 0) {
@@ -657,7 +669,6 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
   const auto* x = static_cast<const scalar_t*>(xv.data);
   const auto* w = static_cast<const acc_t*>(o.weight);
   const LossConstants<acc_t> k = loss_constants<acc_t>(o, C);
-  auto* loss_rows = static_cast<scalar_t*>(out.loss_rows);
   auto* lse_out = static_cast<acc_t*>(out.lse);
 
   // What the row's gradient needs from its forward.
@@ -690,7 +701,7 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
     }
     part.loss_sum += loss;
     store_row_lse(lse_out, r, lse);
-    if (loss_rows) loss_rows[r] = static_cast<scalar_t>(loss);
+    store_row_loss<scalar_t>(out, r, loss);
     return RowResult{kind, y, lse, x_y};
   };
 
@@ -803,7 +814,6 @@ ForwardTotals prob_forward_typed(const LogitsView& xv, const LogitsView& qv, con
   const auto* q = static_cast<const scalar_t*>(qv.data);
   const auto* w = static_cast<const acc_t*>(o.weight);
   const LossConstants<acc_t> k = loss_constants<acc_t>(o, g.num_classes);
-  auto* loss_rows = static_cast<scalar_t*>(out.loss_rows);
   auto* lse_out = static_cast<acc_t*>(out.lse);
   return for_each_row_block(g.num_rows, g.num_classes, [&](int64_t r0, int64_t r1, ForwardTotals& part) {
    alignas(64) acc_t xbuf[kChunkElems];
@@ -818,7 +828,7 @@ ForwardTotals prob_forward_typed(const LogitsView& xv, const LogitsView& qv, con
     const acc_t loss = g.num_classes == 0 ? acc_t(0) : prob_row_loss(k, lse, scan.ref, scan.sums);
     part.loss_sum += loss;
     store_row_lse(lse_out, r, lse);
-    if (loss_rows) loss_rows[r] = static_cast<scalar_t>(loss);
+    store_row_loss<scalar_t>(out, r, loss);
    }
   });
 }

@@ -94,7 +94,7 @@ ForwardArgs forward_args(const Tensor& logits, const View& x, const Weights& w, 
   f.label_smoothing = label_smoothing;
   f.z_scale = z_scale;
   f.softcap = softcap;
-  f.loss_out_acc = reduction != kReductionNone && loss.scalar_type() != logits.scalar_type();
+  f.loss_acc = loss.scalar_type() != logits.scalar_type();
   f.reduction = reduction;
   f.check_finite = check_finite;
   f.loss_rows = reduction == kReductionNone ? loss.data_ptr() : nullptr;
@@ -141,8 +141,8 @@ Tensor saved_lse(const Tensor& lse, const Tensor& logits, at::ScalarType acc, in
   return lse.to(logits.device(), acc).contiguous();
 }
 
-// The class-index forward: loss, lse, total weight and status (loss_acc: a reduced loss in the
-// accumulate dtype instead of the logits').
+// The class-index forward: loss, lse, total weight and status (loss_acc: the loss, reduced or per
+// row, in the accumulate dtype instead of the logits').
 struct IndexForwardOut {
   Tensor loss, lse, total_weight, status;
 };
@@ -155,8 +155,8 @@ IndexForwardOut index_forward(const Tensor& logits, const Tensor& target, const 
   const View x = view_of(logits);
   IndexForwardOut o;
   o.lse = at::empty({x.ix.num_rows, 2}, logits.options().dtype(acc));
-  o.loss = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options())
-                                       : at::empty({}, logits.options().dtype(loss_acc ? acc : logits.scalar_type()));
+  const auto loss_options = logits.options().dtype(loss_dtype(logits.scalar_type(), loss_acc));
+  o.loss = reduction == kReductionNone ? at::empty(rows_shape(logits), loss_options) : at::empty({}, loss_options);
   o.total_weight = at::empty({}, logits.options().dtype(acc));
   o.status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
   const DType dtype = dtype_of(logits.scalar_type());
@@ -202,7 +202,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& 
                                                                   int64_t reduction, int64_t ignore_index,
                                                                   double label_smoothing, bool check_finite,
                                                                   int64_t validate, double lse_square_scale,
-                                                                  double softcap) {
+                                                                  double softcap, bool acc_loss,
+                                                                  bool /*inplace_backward: autograd's*/) {
   check_index_op_args(logits, target, weight, reduction);
   check_llm_options(lse_square_scale, softcap);
   TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
@@ -211,17 +212,20 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const Weights w = weights_of(weight, accumulate_dtype(logits.scalar_type()), stream);
   const IndexForwardOut o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
-                                          lse_square_scale, softcap, false, stream);
+                                          lse_square_scale, softcap, acc_loss, stream);
   if (validate == 1) raise_now(o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes());
   return {o.loss, o.lse, o.total_weight, o.status};
 }
 
-Tensor cross_entropy_bwd_cuda(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
-                              const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
-                              int64_t reduction, int64_t ignore_index, double label_smoothing,
-                              double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
+// cross_entropy_bwd's gradient: into a fresh tensor, or (in_place: cross_entropy_bwd_) over the
+// logits themselves (every element is read, then written, by one thread).
+Tensor index_backward_op(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                         const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                         int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+                         double softcap, const std::optional<Tensor>& grad_lse, bool in_place) {
   check_index_op_args(logits, target, weight, reduction);
   check_llm_options(lse_square_scale, softcap);
+  if (in_place) check_in_place_gradient(logits);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const auto acc = accumulate_dtype(logits.scalar_type());
@@ -230,10 +234,26 @@ Tensor cross_entropy_bwd_cuda(const Tensor& grad_loss, const Tensor& logits, con
   check_rows_tensor(grad_lse, num_rows, "grad_lse");
   const Tensor lse_c = saved_lse(lse, logits, acc, num_rows);
   const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight, num_rows, logits, acc);
-  Tensor grad = at::empty_like(logits);
+  Tensor grad = in_place ? logits : at::empty_like(logits);
   index_backward(scale, logits, target, w, lse_c, reduction, ignore_index, label_smoothing, lse_square_scale, softcap,
                  lse_grad_of(grad_lse, logits, acc), grad, stream);
   return grad;
+}
+
+Tensor cross_entropy_bwd_cuda(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
+                              const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                              int64_t reduction, int64_t ignore_index, double label_smoothing,
+                              double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
+  return index_backward_op(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index,
+                           label_smoothing, lse_square_scale, softcap, grad_lse, false);
+}
+
+void cross_entropy_bwd__cuda(Tensor& logits, const Tensor& grad_loss, const Tensor& target,
+                             const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
+                             int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+                             double softcap, const std::optional<Tensor>& grad_lse) {
+  index_backward_op(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
+                    lse_square_scale, softcap, grad_lse, true);
 }
 
 // The chunk step of linear_cross_entropy (see ops.cpp): the forward, then the backward kernel
@@ -256,7 +276,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
   const int64_t num_rows = make_row_geometry(logits).num_rows;
   check_rows_tensor(grad_lse, num_rows, "grad_lse");
   const IndexForwardOut o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
-                                          lse_square_scale, softcap, true, stream);
+                                          lse_square_scale, softcap, reduction != kReductionNone, stream);
   const Tensor ones = at::ones(reduction == kReductionNone ? at::IntArrayRef(rows_shape(logits)) : at::IntArrayRef{},
                                logits.options().dtype(acc));
   const Tensor& g = grad_loss.has_value() && grad_loss->defined() ? *grad_loss : ones;
@@ -270,7 +290,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
 std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& logits, const Tensor& target,
                                                                const std::optional<Tensor>& weight,
                                                                int64_t reduction, double label_smoothing,
-                                                               bool check_finite) {
+                                                               bool check_finite, bool acc_loss) {
   check_prob_op_args(logits, target, weight, reduction);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -278,8 +298,9 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& log
   const Weights w = weights_of(weight, acc, stream);
   const View x = view_of(logits);
   const Tensor lse = at::empty({x.ix.num_rows, 2}, logits.options().dtype(acc));
-  const Tensor loss = reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options())
-                                                  : at::empty({}, logits.options());
+  const auto loss_options = logits.options().dtype(loss_dtype(logits.scalar_type(), acc_loss));
+  const Tensor loss = reduction == kReductionNone ? at::empty(rows_shape(logits), loss_options)
+                                                  : at::empty({}, loss_options);
   const Tensor status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
   const DType dtype = dtype_of(logits.scalar_type());
   const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix)}, logits.options().dtype(at::kByte));
@@ -328,6 +349,7 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cuda(const Tensor& grad_loss, 
 TORCH_LIBRARY_IMPL(validated_loss, CUDA, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cuda);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd_cuda);
+  m.impl("cross_entropy_bwd_", &cross_entropy_bwd__cuda);
   m.impl("cross_entropy_fwd_grad", &cross_entropy_fwd_grad_cuda);
   m.impl("cross_entropy_prob_fwd", &cross_entropy_prob_fwd_cuda);
   m.impl("cross_entropy_prob_bwd", &cross_entropy_prob_bwd_cuda);

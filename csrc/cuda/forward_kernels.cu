@@ -33,7 +33,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   const LossConstants<acc_t> k = loss_constants<acc_t>(f.weight_sum, f.label_smoothing, C, f.z_scale, f.softcap);
   const ScanOptions o{kProb || has_smoothing(k), has_smoothing(k), f.check_finite};
   acc_t* lse_out = static_cast<acc_t*>(f.lse);
-  T* loss_rows = static_cast<T*>(f.loss_rows);
 
   BlockTotals totals = totals_empty();
   for (int64_t group = blockIdx.x; group < plan.groups; group += plan.grid) {
@@ -72,7 +71,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
         out = index_row_finish(k, s.row, kind, y, x_y, w_y, ref, st, totals);
       }
       store_row_lse(lse_out, s.row, out.lse);
-      if (loss_rows) loss_rows[s.row] = from_acc<T>(out.loss);
+      if (f.loss_rows) store_row_loss<T>(f, s.row, out.loss);
     }
   }
   const BlockTotals merged = TotalsReduce(totals_storage).Reduce(totals, MergeTotals());

@@ -43,11 +43,11 @@ struct ForwardArgs {
   double softcap;            // logit softcap, 0: none (class-index targets)
   int64_t reduction;         // 0 none, 1 mean, 2 sum
   bool check_finite;
-  bool loss_out_acc;         // loss_out is an acc scalar (the fused op's 'sum'), else T
-  void* loss_rows;           // 'none': T per row (flat row order); else nullptr
+  bool loss_acc;             // loss_rows / loss_out hold acc values (acc_loss; the fused op's 'sum'), else T
+  void* loss_rows;           // 'none': T (acc when loss_acc) per row (flat row order); else nullptr
   void* lse;                 // acc[rows][2]: {max, log_sum} per row (store_row_lse)
   void* workspace;           // forward_workspace_bytes()
-  void* loss_out;            // 'mean'/'sum': 0-dim T (acc when loss_out_acc); else nullptr
+  void* loss_out;            // 'mean'/'sum': 0-dim T (acc when loss_acc); else nullptr
   void* total_weight_out;    // 0-dim acc, or nullptr
   int64_t* status;           // int64[kStatusSize]
 };

@@ -85,6 +85,16 @@ __device__ __forceinline__ acc_t row_scale(const GradScaleArgs& s, acc_t uniform
   return s.per_row ? static_cast<const acc_t*>(s.per_row)[row] : uniform;
 }
 
+// One row's loss into a 'none' forward's output: T, or acc when the op asked for acc_loss.
+template <typename T>
+__device__ __forceinline__ void store_row_loss(const ForwardArgs& f, int64_t row, acc_of<T> loss) {
+  if (f.loss_acc) {
+    static_cast<acc_of<T>*>(f.loss_rows)[row] = loss;
+  } else {
+    static_cast<T*>(f.loss_rows)[row] = from_acc<T>(loss);
+  }
+}
+
 // Writes V results of one vector: a 16-byte store when the output row allows it.
 template <typename T>
 __device__ __forceinline__ void store_results(T* out_row, int64_t stride, bool vec, int64_t c0, const Pack<T>& p) {

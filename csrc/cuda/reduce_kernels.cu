@@ -33,10 +33,10 @@ __device__ __forceinline__ T from_double(double v) {
   }
 }
 
-// loss_out is a T, or (loss_out_acc) an acc_of<T>.
+// loss_out is a T, or (loss_acc) an acc_of<T>.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
-    finalize_kernel(const BlockTotals* partials, int64_t num_blocks, void* loss_out, bool loss_out_acc,
+    finalize_kernel(const BlockTotals* partials, int64_t num_blocks, void* loss_out, bool loss_acc,
                     acc_of<T>* total_weight_out, int64_t* status, int64_t reduction, bool mean_over_rows,
                     double num_rows) {
   __shared__ typename TotalsReduce::TempStorage storage;
@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   if (loss_out) {
     const double divisor = mean_over_rows ? num_rows : t.total_weight;
     const double loss = reduction == kReductionMean ? mean_loss(t.loss_sum, divisor) : t.loss_sum;
-    if (loss_out_acc) {
+    if (loss_acc) {
       *static_cast<acc_of<T>*>(loss_out) = static_cast<acc_of<T>>(loss);
     } else {
       *static_cast<T*>(loss_out) = from_double<T>(loss);
@@ -85,7 +85,7 @@ cudaError_t finalize_launch(const ForwardArgs& f, int64_t num_blocks, bool mean_
   return dispatch_dtype(f.dtype, [&](auto tag) {
     using T = decltype(tag);
     finalize_kernel<T><<<1, kThreads, 0, stream>>>(
-        static_cast<const BlockTotals*>(f.workspace), num_blocks, f.loss_out, f.loss_out_acc,
+        static_cast<const BlockTotals*>(f.workspace), num_blocks, f.loss_out, f.loss_acc,
         static_cast<acc_of<T>*>(f.total_weight_out), f.status, f.reduction, mean_over_rows,
         static_cast<double>(num_rows));
     return cudaGetLastError();
