@@ -1,6 +1,10 @@
 """validate="deferred": the queue of status records and when it raises (CPU stand-ins for GPU
 events; the GPU path itself is exercised by tests/test_cuda.py where a GPU exists)."""
 
+import shutil
+import subprocess
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,3 +84,23 @@ def test_cpu_calls_raise_at_once_in_every_mode():
         with pytest.raises(vl.TargetOutOfRangeError):
             vl.cross_entropy(x, t, validate=mode)
     assert _deferred.pending_count() == 0
+
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = ["tests/deferred_test.cpp", "csrc/deferred_queue.cpp", "csrc/graph_slots.cpp"]
+
+
+@pytest.mark.parametrize("flags", [["-O2"], ["-O1", "-fsanitize=undefined,address", "-fno-sanitize-recover=all"]],
+                         ids=["plain", "sanitized"])
+def test_queue_and_slot_rules_on_the_host(tmp_path, flags):
+    """The queue's and the graph slots' rules (csrc/deferred_queue.h, graph_slots.h), torch-free,
+    with stand-ins for CUDA events and mapped pinned memory."""
+    cxx = shutil.which("c++") or shutil.which("g++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    exe = tmp_path / "deferred_test"
+    build = subprocess.run([cxx, "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{ROOT / 'csrc'}", *flags,
+                            *(str(ROOT / f) for f in RULES), "-o", str(exe)], capture_output=True, text=True)
+    assert build.returncode == 0, build.stderr
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and " 0 failures" in run.stdout, run.stdout + run.stderr
