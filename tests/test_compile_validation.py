@@ -7,6 +7,9 @@ import torch
 
 import validated_loss as vl
 
+FORWARD = (torch.ops.validated_loss.cross_entropy_fwd, torch.ops.validated_loss.cross_entropy_fwd.default)
+
+
 @pytest.fixture(autouse=True)
 def fresh_compile_cache():
     torch._dynamo.reset()
@@ -51,3 +54,24 @@ def test_the_module_raises_it_inside_a_compiled_model():
     assert torch.isfinite(step(x, torch.tensor([0, 1, 2, 0, 1])))
     error = raised(step, x, torch.tensor([0, 1, 3, 0, 1]))
     assert type(error) is vl.TargetOutOfRangeError and error.position == (2,) and error.value == 3
+
+
+def validate_codes_traced(validate):
+    """The validate argument the op gets in the traced graph (dynamo's FX graph)."""
+    codes = []
+
+    def backend(gm, example_inputs):
+        codes.extend(node.args[7] for node in gm.graph.nodes if node.target in FORWARD)
+        return gm
+
+    compiled = torch.compile(lambda x, t: vl.cross_entropy(x, t, validate=validate), backend=backend, fullgraph=True)
+    compiled(torch.randn(3, 4), torch.tensor([0, 1, 2]))
+    return codes
+
+
+def test_sync_is_traced_as_deferred():
+    """Inside a compiled graph the op must not wait for the device: 'sync' is passed as 'deferred'
+    (2), which the CUDA op queues and checks at the next call; the CPU op raises at once either way."""
+    assert validate_codes_traced("sync") == [2]
+    assert validate_codes_traced("deferred") == [2]
+    assert validate_codes_traced("off") == [0]

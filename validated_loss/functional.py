@@ -142,6 +142,10 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
     logits = input.unsqueeze(0) if one_dim else input
     rows = target.reshape(1) if one_dim else target
     eager = not torch.compiler.is_compiling()
+    if not eager and validate == VALIDATE_MODES["sync"]:
+        # A compiled graph must not wait for the device: the CUDA op queues the status and checks
+        # it at the next call or backward (the CPU op raises at once in every mode).
+        validate = VALIDATE_MODES["deferred"]
     if eager:
         _deferred.check_pending()  # an earlier deferred call's bad target surfaces here at the latest
     try:
