@@ -13,6 +13,7 @@
 // Torch-free and host-compilable: the CPU tests run publish_status on the host.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 
 #include "status.h"
@@ -20,7 +21,6 @@
 #if defined(__CUDACC__)
 #define SLOT_HD __host__ __device__ __forceinline__
 #else
-#include <atomic>
 #define SLOT_HD inline
 #endif
 

@@ -1,5 +1,7 @@
-"""validate="deferred": the queue of status records and when it raises (CPU stand-ins for GPU
-events; the GPU path itself is exercised by tests/test_cuda.py where a GPU exists)."""
+"""Deferred validation: the queue of status records and when it raises. The queue's and the graph
+slots' rules run on the host with stand-ins for CUDA events (tests/deferred_test.cpp); the Python
+tests queue CPU status records (landed at once) through the same ops. The GPU path itself is in
+tests/test_cuda.py, run where a GPU exists."""
 
 import shutil
 import subprocess
@@ -12,53 +14,77 @@ import validated_loss as vl
 from validated_loss import _deferred
 
 
-class NotYet:
-    """An event whose copy has not landed until `land()`."""
-
-    def __init__(self):
-        self.done = False
-
-    def query(self):
-        return self.done
-
-
 def status_of(position, value, count):
     return torch.tensor([position, value, count, -1, -1, 0], dtype=torch.int64)
 
 
 @pytest.fixture(autouse=True)
 def empty_queue():
-    _deferred._pending.clear()
+    _deferred.clear()
     yield
-    _deferred._pending.clear()
+    _deferred.clear()
+
+
+def error_of(status, target_shape, num_classes, logits_shape):
+    """What the CPU path raises for this status record (raise_for_status, the one wording)."""
+    with pytest.raises(vl.ValidatedLossError) as info:
+        torch.ops.validated_loss.raise_for_status(status, target_shape, num_classes, -100, logits_shape)
+    return info.value
 
 
 def test_a_clean_status_never_raises():
     _deferred.submit(status_of(-1, -1, 0), [4], 5, -100, [4, 5])
-    _deferred.check_pending()
+    assert _deferred.pending_count() == 1
+    vl.check_deferred()
     assert _deferred.pending_count() == 0
 
 
-def test_a_bad_status_raises_the_kernels_error_naming_its_call():
+def test_a_bad_status_raises_the_cpu_error_naming_its_call():
     _deferred.submit(status_of(2, 9, 1), [4], 5, -100, [4, 5])
     with pytest.raises(vl.TargetOutOfRangeError) as info:
-        _deferred.check_pending()
+        vl.check_deferred()
     message = str(info.value)
-    assert message.startswith("Target 9 is out of bounds. target[2] = 9")
-    assert "validate='deferred'" in message and "call #" in message and "test_deferred.py" in message
+    cpu_message = str(error_of(status_of(2, 9, 1), [4], 5, [4, 5]))
+    assert message.startswith(cpu_message + "\n(found by deferred validation in the loss of call #")
+    assert "test_deferred.py:" in message and "raised at the next loss call or backward" in message
     assert info.value.position == (2,) and info.value.value == 9 and info.value.count == 1
-    _deferred.check_pending()  # reported once, then the queue is clear
+    assert info.value.num_classes == 5 and info.value.ignore_index == -100
+    vl.check_deferred()  # reported once, then the queue is clear
 
 
-def test_nothing_is_raised_before_the_copy_lands():
-    _deferred.submit(status_of(0, -7, 3), [3], 5, -100, [3, 5])
-    event = NotYet()
-    _deferred._pending[-1].ready = event
-    _deferred.check_pending()  # must not block or raise
-    assert _deferred.pending_count() == 1
-    event.done = True
-    with pytest.raises(IndexError, match="Target -7 is out of bounds"):
-        _deferred.check_pending()
+def test_a_non_finite_status_raises_non_finite_logits_error():
+    _deferred.submit(torch.tensor([-1, -1, 0, 3, 1, 2]), [4], 5, -100, [4, 5])
+    with pytest.raises(vl.NonFiniteLogitsError) as info:
+        vl.check_deferred()
+    assert str(info.value).startswith("Non-finite logits: input[3] (row 3), class 1")
+    assert (info.value.row, info.value.column) == (3, 1)
+
+
+def test_the_first_call_wins_and_the_rest_is_dropped():
+    _deferred.submit(status_of(1, 7, 1), [4], 5, -100, [4, 5])
+    _deferred.submit(status_of(0, 8, 1), [4], 5, -100, [4, 5])
+    with pytest.raises(vl.TargetOutOfRangeError) as info:
+        vl.check_deferred()
+    assert info.value.value == 7
+    assert _deferred.pending_count() == 0
+    vl.check_deferred()
+
+
+def test_calls_are_numbered_and_named_once():
+    """The origin the Python layer sets names the next queued check only; unnamed checks come from
+    compiled graphs (the op queues them without Python running)."""
+    messages = []
+    for named in (True, False):
+        if named:
+            vl._C.set_call_origin("train.py:57 in step")
+        torch.ops.validated_loss.deferred_submit(status_of(0, 5, 1), [2], 5, -100, [2, 5])
+        with pytest.raises(vl.TargetOutOfRangeError) as info:
+            vl.check_deferred()
+        messages.append(str(info.value))
+    first, second = (int(m.split("call #")[1].split(" ")[0]) for m in messages)
+    assert second == first + 1
+    assert "(train.py:57 in step)" in messages[0]
+    assert "torch.compile graph" in messages[1] and "train.py" not in messages[1]
 
 
 def test_the_next_loss_call_reports_an_earlier_deferred_error():

@@ -147,17 +147,17 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
         # it at the next call or backward (the CPU op raises at once in every mode).
         validate = VALIDATE_MODES["deferred"]
     if eager:
-        _deferred.check_pending()  # an earlier deferred call's bad target surfaces here at the latest
+        _deferred.check_pending()  # an earlier call's bad target surfaces here at the latest
+        if _deferred.may_queue(validate, logits.device):
+            _deferred.name_next_call()  # the op queues this call's status: it is named after the user's line
     try:
-        loss, row_stats, _, status = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
+        loss, row_stats, _, _ = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
                                                                 label_smoothing, check_finite, validate,
                                                                 llm.lse_square_scale, llm.softcap_code)
     except IndexError as error:
         raise target_error_from(error, ignore_index) from None
     except ValueError as error:
         raise nonfinite_error_from(error) from None
-    if eager and validate == VALIDATE_MODES["deferred"] and logits.is_cuda and not torch.cuda.is_current_stream_capturing():
-        _deferred.submit(status, rows.shape, logits.shape[1], ignore_index, logits.shape)
     loss = loss.reshape(()) if one_dim and reduction == 0 else loss
     if not llm.return_lse:
         return loss
@@ -175,6 +175,8 @@ def _probability_loss(input, target, weight, reduction, label_smoothing, check_f
     if one_dim:
         logits, probs = logits.unsqueeze(0), probs.unsqueeze(0)
     weight = weight.to(dtype) if weight is not None else None
+    if check_finite and not torch.compiler.is_compiling() and _deferred.may_queue(_deferred.SYNC, logits.device):
+        _deferred.name_next_call()  # check_finite is 'sync' here; under capture the op queues it
     try:
         loss, _, _ = _ops.ops.cross_entropy_prob_fwd(logits, probs, weight, reduction, label_smoothing, check_finite)
     except ValueError as error:
