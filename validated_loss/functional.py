@@ -70,6 +70,8 @@ def cross_entropy(
         raise NotImplementedError("lse_square_scale, softcap and return_lse need class-index targets; "
                                   "this target has the input's shape (class probabilities)")
     input, target, weight = _autocast_to_float32(input, target, weight)
+    if not torch.compiler.is_compiling():
+        _deferred.check_pending()  # an earlier call's bad target surfaces here at the latest (never waits)
 
     if not _ops.has_kernel(input.device.type) or _needs_torch_composite(input, target):
         return _torch_fallback(input, target, weight, reduction_code, ignore_index, label_smoothing, mode, llm)
@@ -146,14 +148,12 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
         # A compiled graph must not wait for the device: the CUDA op queues the status and checks
         # it at the next call or backward (the CPU op raises at once in every mode).
         validate = VALIDATE_MODES["deferred"]
-    if eager:
-        _deferred.check_pending()  # an earlier call's bad target surfaces here at the latest
-        if _deferred.may_queue(validate, logits.device):
-            _deferred.name_next_call()  # the op queues this call's status: it is named after the user's line
+    if eager and _deferred.may_queue(validate, logits.device):
+        _deferred.name_next_call()  # the op queues this call's status: it is named after the user's line
     try:
         loss, row_stats, _, _ = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
-                                                                label_smoothing, check_finite, validate,
-                                                                llm.lse_square_scale, llm.softcap_code)
+                                                           label_smoothing, check_finite, validate,
+                                                           llm.lse_square_scale, llm.softcap_code)
     except IndexError as error:
         raise target_error_from(error, ignore_index) from None
     except ValueError as error:

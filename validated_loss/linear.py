@@ -199,11 +199,11 @@ def _check_targets(target, num_classes, ignore_index, logits_shape, validate, de
     before any product is computed. CPU: always, as cross_entropy. CUDA: 'sync' waits for the
     status once, 'deferred' queues it (so does 'sync' where the host cannot wait: torch.compile,
     CUDA-graph capture), 'off' skips (bad rows are then NaN with zero gradient)."""
-    if device.type != "cpu" and validate == VALIDATE_MODES["off"]:
-        return
     compiling = torch.compiler.is_compiling()
     if not compiling:
-        _deferred.check_pending()
+        _deferred.check_pending()  # an earlier call's error, in every mode (as cross_entropy)
+    if device.type != "cpu" and validate == VALIDATE_MODES["off"]:
+        return
     status = diagnostics.target_status(target, num_classes, ignore_index)
     if device.type == "cuda" and (validate == VALIDATE_MODES["deferred"] or compiling
                                   or torch.cuda.is_current_stream_capturing()):
