@@ -16,7 +16,9 @@ import torch
 from . import _C
 from ._ops import ops
 
-SYNC, DEFERRED = 1, 2  # functional.VALIDATE_MODES' codes
+# validate= as the ops take it (csrc/ops.cpp); functional and linear use these names.
+VALIDATE_MODES = {"off": 0, "sync": 1, "deferred": 2}
+SYNC, DEFERRED = VALIDATE_MODES["sync"], VALIDATE_MODES["deferred"]
 
 
 def _caller():

@@ -3,7 +3,8 @@
 This layer only normalises arguments (legacy size_average/reduce, reduction names, 1-D inputs,
 dtype promotion of probability targets) and asks diagnostics to explain metadata misuse before
 the kernel runs. Value checks (target range, non-finite logits) happen inside the kernel's own
-pass; the errors it reports are re-raised here as the package's exception classes.
+pass, and the op raises the package's exception classes itself (csrc/python_errors.h), so they are
+the same inside torch.compile graphs; how CUDA reports them is the validate mode (_deferred.py).
 """
 
 import operator
@@ -15,10 +16,10 @@ from torch.nn import _reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import _deferred, _ops, _reference, diagnostics
+from ._deferred import VALIDATE_MODES
 from ._llm_options import NO_LLM_OPTIONS, llm_options
 from .diagnostics import nonfinite_error_from, target_error_from
 
-VALIDATE_MODES = {"off": 0, "sync": 1, "deferred": 2}
 
 
 def cross_entropy(
