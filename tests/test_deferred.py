@@ -87,6 +87,19 @@ def test_calls_are_numbered_and_named_once():
     assert "torch.compile graph" in messages[1] and "train.py" not in messages[1]
 
 
+def test_which_eager_calls_queue_and_are_named(monkeypatch):
+    """The Python layer names a call (the caller's file:line costs more than the check) exactly when
+    the op will queue its status: 'deferred' on CUDA, and 'sync' on CUDA while capturing."""
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    capturing = [False]
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    modes = _deferred.VALIDATE_MODES
+    assert [_deferred.may_queue(modes[m], cuda) for m in ("off", "sync", "deferred")] == [False, False, True]
+    capturing[0] = True
+    assert [_deferred.may_queue(modes[m], cuda) for m in ("off", "sync", "deferred")] == [False, True, True]
+    assert not any(_deferred.may_queue(code, cpu) for code in modes.values())
+
+
 def test_the_next_loss_call_reports_an_earlier_deferred_error():
     _deferred.submit(status_of(1, 12, 1), [2, 3], 10, -100, [2, 10, 3])
     x, t = torch.randn(4, 5), torch.tensor([0, 1, 2, 3])

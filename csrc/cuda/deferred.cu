@@ -101,7 +101,8 @@ void add_slot_chunk() {
   }
   std::vector<SlotRef> fresh;
   for (int i = 0; i < kSlotsPerChunk; ++i) {
-    fresh.push_back(SlotRef{static_cast<int64_t*>(host) + i * kSlotWords, static_cast<int64_t*>(device) + i * kSlotWords});
+    const int offset = i * kSlotWords;
+    fresh.push_back(SlotRef{static_cast<int64_t*>(host) + offset, static_cast<int64_t*>(device) + offset});
   }
   graph_slots().add_free_slots(fresh);
 }
