@@ -106,7 +106,8 @@ def extension():
         cxx += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1", "-g"]
         link += [f"-fsanitize={sanitize}"]
     sources = [f"{CSRC}/ops.cpp", f"{CSRC}/op_common.cpp", f"{CSRC}/cpu/cross_entropy.cpp",
-               f"{CSRC}/cpu/gradient_buffer.cpp"]
+               f"{CSRC}/cpu/gradient_buffer.cpp", f"{CSRC}/python_errors.cpp", f"{CSRC}/deferred_queue.cpp",
+               f"{CSRC}/graph_slots.cpp", f"{CSRC}/deferred.cpp", f"{CSRC}/deferred_python.cpp"]
     sources += [kernel_source(c) for c in CAPABILITIES]
     cuda = want_cuda()
     archs = None

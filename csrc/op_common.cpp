@@ -8,7 +8,9 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <c10/util/Exception.h>
+#include <c10/util/StringUtil.h>
 
+#include "python_errors.h"
 #include "status.h"
 
 namespace validated_loss {
@@ -161,22 +163,24 @@ std::string invalid_target_message(at::IntArrayRef target_sizes, int64_t positio
 }
 
 void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64_t num_classes,
-                      int64_t ignore_index, at::IntArrayRef logits_sizes) {
+                      int64_t ignore_index, at::IntArrayRef logits_sizes, const std::string& note) {
   if (status[kStatusInvalidCount] > 0) {
-    TORCH_CHECK_INDEX(false, invalid_target_message(target_sizes, status[kStatusInvalidPosition],
-                                                    status[kStatusInvalidValue], status[kStatusInvalidCount],
-                                                    num_classes, ignore_index));
+    throw_target_error(invalid_target_message(target_sizes, status[kStatusInvalidPosition],
+                                              status[kStatusInvalidValue], status[kStatusInvalidCount],
+                                              num_classes, ignore_index) +
+                       note);
   }
   if (status[kStatusNonFiniteCount] > 0) {
     std::vector<int64_t> rows(logits_sizes.begin(), logits_sizes.end());
     rows.erase(rows.begin() + 1);
-    TORCH_CHECK_VALUE(false, "Non-finite logits: input", format_index(rows, status[kStatusNonFiniteRow]),
-                      " (row ", status[kStatusNonFiniteRow], "), class ", status[kStatusNonFiniteClass],
-                      " is NaN or infinite; ", status[kStatusNonFiniteCount], " of ",
-                      c10::multiply_integers(rows),
-                      " rows hold a non-finite logit (logits shape ", logits_sizes,
-                      "). Likely cause: a diverging model (learning rate too high, no gradient "
-                      "clipping), float16 overflow without loss scaling, or NaN in the inputs.");
+    throw_nonfinite_error(c10::str("Non-finite logits: input", format_index(rows, status[kStatusNonFiniteRow]),
+                                   " (row ", status[kStatusNonFiniteRow], "), class ", status[kStatusNonFiniteClass],
+                                   " is NaN or infinite; ", status[kStatusNonFiniteCount], " of ",
+                                   c10::multiply_integers(rows), " rows hold a non-finite logit (logits shape ",
+                                   logits_sizes,
+                                   "). Likely cause: a diverging model (learning rate too high, no gradient "
+                                   "clipping), float16 overflow without loss scaling, or NaN in the inputs.",
+                                   note));
   }
 }
 

@@ -46,10 +46,11 @@ at::Tensor weights_for_kernel(const std::optional<at::Tensor>& weight, at::Scala
 // An int64[kStatusSize] record on `device` with "nothing found" in every field.
 at::Tensor new_status(const at::Tensor& like);
 
-// Raise the error a status record describes (IndexError for targets, ValueError for
-// non-finite logits), if any. `status` points at host memory.
+// Raise the error a status record describes, if any: TargetOutOfRangeError (an IndexError) for
+// targets, NonFiniteLogitsError (a ValueError) for non-finite logits (python_errors.h). `status`
+// points at host memory; `note` (deferred validation's) is appended to the message.
 void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64_t num_classes,
-                      int64_t ignore_index, at::IntArrayRef logits_sizes);
+                      int64_t ignore_index, at::IntArrayRef logits_sizes, const std::string& note = {});
 
 std::string invalid_target_message(at::IntArrayRef target_sizes, int64_t position, int64_t value,
                                    int64_t count, int64_t num_classes, int64_t ignore_index);

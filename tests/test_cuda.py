@@ -226,9 +226,143 @@ def test_deferred_reports_at_a_later_call():
     good = torch.zeros(8, dtype=torch.long, device=DEV)
     vl.cross_entropy(x, bad, validate="deferred")  # does not raise here
     torch.cuda.synchronize()
-    with pytest.raises(vl.TargetOutOfRangeError):
+    with pytest.raises(vl.TargetOutOfRangeError) as info:
         vl.cross_entropy(x, good, validate="deferred")
+    with pytest.raises(vl.TargetOutOfRangeError) as on_cpu:
+        vl.cross_entropy(x.cpu(), bad.cpu())
+    assert str(info.value).startswith(str(on_cpu.value) + "\n(found by deferred validation in the loss of call #")
+    assert "test_cuda.py:" in str(info.value) and info.value.position == (5,)
     vl.cross_entropy(x, good, validate="deferred")  # reported once
+
+
+# --------------------------------------------------------------------------- deferred validation
+# What each test relies on is in README "Validation modes": no wait on the host in 'deferred' mode,
+# nor in 'sync' mode inside torch.compile or a CUDA-graph capture; the error surfaces at the next
+# call, at backward, or at validated_loss.check_deferred().
+
+
+@pytest.fixture
+def no_sync():
+    """Raise if anything synchronizes with the device inside the block (torch's sync debug mode)."""
+    torch.cuda.synchronize()
+
+    class Block:
+        def __enter__(self):
+            torch.cuda.set_sync_debug_mode("error")
+
+        def __exit__(self, *exc):
+            torch.cuda.set_sync_debug_mode("default")
+
+    yield Block()
+    torch.cuda.set_sync_debug_mode("default")
+
+
+def bad_target(n, classes, position, value):
+    t = torch.randint(0, classes, (n,), generator=seeded(n), device="cpu")
+    t[position] = value
+    return t.to(DEV)
+
+
+def test_deferred_with_a_bad_target_never_synchronizes(no_sync):
+    x = torch.randn(32, 1000, device=DEV, requires_grad=True)
+    good, bad = bad_target(32, 1000, 0, 0), bad_target(32, 1000, 5, 1000)
+    vl.cross_entropy(x, good, validate="deferred").backward()  # warm-up: pinned blocks, events
+    torch.cuda.synchronize()
+    with no_sync:
+        loss = vl.cross_entropy(x, bad, validate="deferred", reduction="sum")
+    torch.cuda.synchronize()
+    assert torch.isnan(loss)
+    with pytest.raises(vl.TargetOutOfRangeError) as info:
+        loss.backward()  # at backward at the latest
+    assert info.value.position == (5,) and info.value.value == 1000
+
+
+@pytest.fixture
+def compiled_loss():
+    torch._dynamo.reset()
+    yield torch.compile(lambda x, t: vl.cross_entropy(x, t), fullgraph=True)  # validate="sync", the default
+    torch._dynamo.reset()
+
+
+def test_sync_under_compile_does_not_synchronize_and_reports_at_the_next_call(compiled_loss, no_sync):
+    x = torch.randn(16, 100, device=DEV)
+    good, bad = bad_target(16, 100, 0, 0), bad_target(16, 100, 3, -7)
+    compiled_loss(x, good)  # compiled outside the no-sync block
+    torch.cuda.synchronize()
+    with no_sync:
+        loss = compiled_loss(x, bad)  # a 'sync' op would wait here, and raise
+    torch.cuda.synchronize()
+    assert torch.isnan(loss)
+    with pytest.raises(vl.TargetOutOfRangeError) as info:
+        compiled_loss(x, good)
+    assert info.value.position == (3,) and info.value.value == -7 and info.value.count == 1
+    assert "torch.compile graph" in str(info.value)
+    assert torch.isfinite(compiled_loss(x, good))  # reported once
+
+
+def test_sync_under_compile_reports_at_backward(compiled_loss):
+    x = torch.randn(16, 100, device=DEV, requires_grad=True)
+    good, bad = bad_target(16, 100, 0, 0), bad_target(16, 100, 9, 100)
+    compiled_loss(x, good).backward()
+    x.grad = None
+    loss = compiled_loss(x, bad)
+    torch.cuda.synchronize()
+    with pytest.raises(vl.TargetOutOfRangeError) as info:
+        loss.backward()  # the compiled backward's op checks the queue
+    assert info.value.position == (9,) and info.value.value == 100
+
+
+def captured_step(x, t, validate="sync"):
+    """A CUDA graph of forward and backward (torch's recipe: warm up on a side stream first)."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            torch.autograd.grad(vl.cross_entropy(x, t, validate=validate), x)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = vl.cross_entropy(x, t, validate=validate)  # 'sync' cannot wait here: the graph publishes
+        (grad,) = torch.autograd.grad(loss, x)
+    return graph, loss, grad
+
+
+@pytest.mark.parametrize("validate", ["sync", "deferred"])
+def test_cuda_graph_replay_with_a_bad_target_is_reported_by_check_deferred(validate, no_sync):
+    x = torch.randn(16, 1000, device=DEV, requires_grad=True)
+    t = bad_target(16, 1000, 0, 0)
+    good, bad = t.clone(), bad_target(16, 1000, 7, 1000)
+    graph, loss, grad = captured_step(x, t, validate)
+    vl.check_deferred()  # nothing replayed yet
+    with no_sync:
+        t.copy_(bad)
+        graph.replay()  # no wait, no copy outside the graph, no crash
+    torch.cuda.synchronize()
+    assert torch.isnan(loss) and torch.all(grad[7] == 0)
+    with pytest.raises(vl.TargetOutOfRangeError) as info:
+        vl.check_deferred()
+    message = str(info.value)
+    assert info.value.position == (7,) and info.value.value == 1000
+    assert "replay of the CUDA graph" in message and "test_cuda.py:" in message
+    vl.check_deferred()  # reported once
+    t.copy_(good)
+    graph.replay()
+    torch.cuda.synchronize()
+    vl.check_deferred()  # a clean replay publishes nothing
+    torch.testing.assert_close(loss, F.cross_entropy(x, good))
+
+
+def test_cuda_graph_keeps_the_first_bad_replay_until_checked():
+    x = torch.randn(8, 50, device=DEV, requires_grad=True)
+    t = bad_target(8, 50, 0, 0)
+    graph, _, _ = captured_step(x, t)
+    for target in (bad_target(8, 50, 2, 50), bad_target(8, 50, 6, -3), bad_target(8, 50, 0, 0)):
+        t.copy_(target)
+        graph.replay()
+    torch.cuda.synchronize()
+    with pytest.raises(vl.TargetOutOfRangeError) as info:
+        vl.cross_entropy(x, bad_target(8, 50, 0, 0))  # the next eager call reports it too
+    assert info.value.position == (2,) and info.value.value == 50
 
 
 def test_check_finite_same_error_as_cpu():

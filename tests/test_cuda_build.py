@@ -26,7 +26,7 @@ except ImportError:  # run as a script by cuda_check.sh, in a venv without pytes
 
 ROOT = Path(__file__).resolve().parent.parent
 OPS = ("cross_entropy_fwd", "cross_entropy_bwd", "cross_entropy_bwd_", "cross_entropy_prob_fwd",
-       "cross_entropy_prob_bwd")
+       "cross_entropy_prob_bwd", "deferred_submit")
 DTYPES = {"f": "float32", "d": "float64", "NS0_8HalfBitsE": "float16", "NS0_12BFloat16BitsE": "bfloat16"}
 
 

@@ -5,6 +5,7 @@ kernels read the logits once per pass and check the targets in that same pass.
 """
 
 from . import _ops  # noqa: F401  (registers the ops, their fake kernels and autograd)
+from ._deferred import check_pending as check_deferred
 from .diagnostics import *  # noqa: F401,F403  (exception classes, check_batch)
 from .diagnostics import __all__ as _diagnostics_all
 from .functional import cross_entropy
@@ -16,5 +17,6 @@ from .memory import empty_cache, gradient_cache_bytes, gradient_cache_disabled, 
 
 __version__ = "0.1.0"
 
-__all__ = ["CrossEntropyLoss", "cross_entropy", "LinearCrossEntropyLoss", "linear_cross_entropy", "patch", "unpatch", "patched",
-           "empty_cache", "gradient_cache_bytes", "gradient_cache_disabled", "set_gradient_cache_limit", *_diagnostics_all]
+__all__ = ["CrossEntropyLoss", "cross_entropy", "check_deferred", "LinearCrossEntropyLoss", "linear_cross_entropy",
+           "patch", "unpatch", "patched", "empty_cache", "gradient_cache_bytes", "gradient_cache_disabled",
+           "set_gradient_cache_limit", *_diagnostics_all]

@@ -1,36 +1,24 @@
-"""validate="deferred": bad targets found on a GPU are reported later, without ever waiting on it.
+"""Deferred validation: bad targets found on a GPU are reported later, without ever waiting on it.
 
-The forward kernel writes its status record (csrc/status.h) on the device. Here it is copied to
-pinned host memory behind an event, on the same stream, and the check runs without blocking at
-the next call of the loss and at backward: whichever comes first after the copy has landed raises
-the error, naming the call it came from. Nothing here synchronizes with the device.
+The CUDA forward op queues its own status record (csrc/deferred.h, cuda/deferred.cu): a copy to
+pinned memory behind an event, or, while a CUDA graph is being captured, a slot that every replay
+of the graph publishes a bad record into. It is the op that does it because under torch.compile
+this Python code runs once, at trace time, not per call; for the same reason the CUDA ops check
+the queue themselves at their start. What is left here: naming the call a check comes from (the
+caller's file:line, which only eager Python knows) and the eager checks at the next loss call and
+at backward. Nothing here synchronizes with the device.
 """
 
-import itertools
-import threading
 import traceback
-from dataclasses import dataclass
 
 import torch
 
-from . import diagnostics
+from . import _C
 from ._ops import ops
-from ._status import STATUS_INVALID_COUNT, STATUS_NONFINITE_COUNT, STATUS_SIZE
 
-_call_numbers = itertools.count(1)
-_lock = threading.Lock()
-_pending = []
-
-
-@dataclass
-class PendingCheck:
-    host_status: torch.Tensor  # int64[STATUS_SIZE] in pinned memory, filled asynchronously
-    ready: object              # has .query(): True once the copy has landed (a torch.cuda.Event)
-    target_shape: list
-    num_classes: int
-    ignore_index: int
-    logits_shape: list
-    origin: str                # "call #12 (train.py:57 in step)"
+# validate= as the ops take it (csrc/ops.cpp); functional and linear use these names.
+VALIDATE_MODES = {"off": 0, "sync": 1, "deferred": 2}
+SYNC, DEFERRED = VALIDATE_MODES["sync"], VALIDATE_MODES["deferred"]
 
 
 def _caller():
@@ -41,57 +29,46 @@ def _caller():
     return "an unknown caller"
 
 
-def submit(status, target_shape, num_classes, ignore_index, logits_shape):
-    """Queue the status of a forward for a later, non-blocking check."""
-    host = torch.empty(STATUS_SIZE, dtype=torch.int64, pin_memory=torch.cuda.is_available())
-    host.copy_(status, non_blocking=True)
-    if status.is_cuda:
-        ready = torch.cuda.Event()
-        ready.record()
-    else:
-        ready = _Landed()
-    origin = f"call #{next(_call_numbers)} ({_caller()})"
-    with _lock:
-        _pending.append(PendingCheck(host, ready, list(target_shape), num_classes, ignore_index,
-                                     list(logits_shape), origin))
+def may_queue(validate, device):
+    """Whether an eager op call on `device` with this validate code queues a check: 'deferred' on
+    CUDA, and 'sync' while the stream is being captured (the op cannot wait there)."""
+    if device.type != "cuda":
+        return False
+    return validate == DEFERRED or (validate == SYNC and torch.cuda.is_current_stream_capturing())
 
 
-class _Landed:
-    """The event of a copy that was synchronous (a CPU status)."""
-
-    def query(self):
-        return True
+def name_next_call():
+    """The next check this thread queues comes from the user's line calling the loss now. Only for
+    eager calls that queue (may_queue): finding the caller costs more than the check."""
+    _C.set_call_origin(_caller())
 
 
 def check_pending():
-    """Raise the first error among the queued checks whose copies have landed; keep the rest."""
-    with _lock:
-        landed = [p for p in _pending if p.ready.query()]
-        _pending[:] = [p for p in _pending if p not in landed]
-    for check in landed:
-        status = check.host_status
-        if int(status[STATUS_INVALID_COUNT]) <= 0 and int(status[STATUS_NONFINITE_COUNT]) <= 0:
-            continue
-        with _lock:
-            _pending.clear()  # the first error is the one to fix; later ones would repeat it
-        _raise(check)
+    """Raise the first error found by an earlier loss call (TargetOutOfRangeError or
+    NonFiniteLogitsError, naming that call), if its status has reached the host; never waits.
 
-
-def _raise(check):
-    try:
-        ops.raise_for_status(check.host_status, check.target_shape, check.num_classes, check.ignore_index,
-                             check.logits_shape)
-    except IndexError as error:
-        found = diagnostics.target_error_from(error, check.ignore_index)
-    except ValueError as error:
-        found = diagnostics.nonfinite_error_from(error)
-    else:
+    Called at every eager loss call and backward; call it yourself (validated_loss.check_deferred)
+    where neither runs, e.g. between replays of a CUDA graph that contains the whole step. Skipped
+    while the current stream is being captured: CUDA forbids querying events there."""
+    if not _C.pending_checks():
         return
-    found.args = (f"{found.args[0]}\n(found by validate='deferred' in the loss of {check.origin}; "
-                  "raised at the next loss call or backward)",) + found.args[1:]
-    raise found
+    if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+        return
+    ops.check_deferred()
+
+
+@torch.compiler.disable  # names the caller: eager Python (linear_cross_entropy breaks the graph anyway)
+def submit(status, target_shape, num_classes, ignore_index, logits_shape):
+    """Queue a status record made outside the loss ops (linear_cross_entropy checks the whole
+    target with torch ops) for the same non-blocking check."""
+    name_next_call()
+    ops.deferred_submit(status, list(target_shape), num_classes, ignore_index, list(logits_shape))
 
 
 def pending_count():
-    with _lock:
-        return len(_pending)
+    return _C.pending_checks()
+
+
+def clear():
+    """Forget every queued check and unread graph record (tests; after handling an error elsewhere)."""
+    _C.clear_checks()

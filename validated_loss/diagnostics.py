@@ -175,6 +175,10 @@ class TargetOutOfRangeError(ValidatedLossError, IndexError):
     def __init__(self, message, *, position=None, value=None, num_classes=None,
                  count=None, ignore_index=None):
         super().__init__(message)
+        if position is None:  # raised by an op (csrc/python_errors.h): the message states the facts
+            facts = _target_facts(message)
+            position, value, count = facts.get("position"), facts.get("value", value), facts.get("count", count)
+            num_classes, ignore_index = facts.get("classes", num_classes), facts.get("ignore", ignore_index)
         self.position = position
         self.value = value
         self.num_classes = num_classes
@@ -187,6 +191,9 @@ class NonFiniteLogitsError(ValidatedLossError, ValueError, RuntimeError):
 
     def __init__(self, message, *, row=None, column=None, value=None):
         super().__init__(message)
+        if row is None:  # raised by an op (csrc/python_errors.h): the message states the facts
+            facts = _NONFINITE_FACTS.search(str(message))
+            row, column = (int(facts["row"]), int(facts["cls"])) if facts else (None, column)
         self.row = row
         self.column = column
         self.value = value
@@ -1199,29 +1206,35 @@ def _find_out_of_range(input, target, ignore_index) -> Optional[TargetOutOfRange
 # The kernel's messages (csrc/op_common.cpp) are the one place they are worded; the numbers the
 # exceptions carry as attributes are read back from them.
 _TARGET_FACTS = re.compile(
-    r"target\[(?P<index>[\d, ]*)\] = (?P<value>-?\d+) is not a class index in \[0, (?P<classes>\d+)\).*?"
-    r"(?P<count>\d+) of \d+ targets are invalid"
+    r"target\[(?P<index>[\d, ]*)\] = (?P<value>-?\d+) is not a class index in \[0, (?P<classes>\d+)\) "
+    r"and is not ignore_index \((?P<ignore>-?\d+)\).*?(?P<count>\d+) of \d+ targets are invalid"
 )
 _NONFINITE_FACTS = re.compile(r"Non-finite logits: input\[(?P<index>[\d, ]*)\] \(row (?P<row>\d+)\), class (?P<cls>\d+)")
 
 
-def target_error_from(error, ignore_index):
-    """The kernel's IndexError for a bad target as a TargetOutOfRangeError (same message)."""
-    facts = _TARGET_FACTS.search(str(error))
+def _target_facts(message):
+    """position (a tuple), value, classes, ignore and count from the kernel's message; {} if it is not one."""
+    facts = _TARGET_FACTS.search(str(message))
     if facts is None:
+        return {}
+    found = {k: int(v) for k, v in facts.groupdict().items() if k != "index"}
+    found["position"] = tuple(int(i) for i in facts["index"].split(",") if i.strip())
+    return found
+
+
+def target_error_from(error, ignore_index):
+    """The kernel's error for a bad target as a TargetOutOfRangeError (same message). The ops raise
+    that class already; this converts what other paths (and older builds) raise as IndexError."""
+    if isinstance(error, TargetOutOfRangeError) or not _target_facts(error):
         return error
-    index = tuple(int(i) for i in facts["index"].split(",") if i.strip())
-    return TargetOutOfRangeError(str(error), position=index, value=int(facts["value"]),
-                                 num_classes=int(facts["classes"]), count=int(facts["count"]),
-                                 ignore_index=ignore_index)
+    return TargetOutOfRangeError(str(error), ignore_index=ignore_index)
 
 
 def nonfinite_error_from(error):
     """The kernel's ValueError for a NaN/inf logit as a NonFiniteLogitsError (same message)."""
-    facts = _NONFINITE_FACTS.search(str(error))
-    if facts is None:
+    if isinstance(error, NonFiniteLogitsError) or _NONFINITE_FACTS.search(str(error)) is None:
         return error
-    return NonFiniteLogitsError(str(error), row=int(facts["row"]), column=int(facts["cls"]))
+    return NonFiniteLogitsError(str(error))
 
 
 # =============================================================================

@@ -3,7 +3,8 @@
 This layer only normalises arguments (legacy size_average/reduce, reduction names, 1-D inputs,
 dtype promotion of probability targets) and asks diagnostics to explain metadata misuse before
 the kernel runs. Value checks (target range, non-finite logits) happen inside the kernel's own
-pass; the errors it reports are re-raised here as the package's exception classes.
+pass, and the op raises the package's exception classes itself (csrc/python_errors.h), so they are
+the same inside torch.compile graphs; how CUDA reports them is the validate mode (_deferred.py).
 """
 
 import functools
@@ -16,10 +17,10 @@ from torch.nn import _reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from . import _deferred, _ops, _reference, diagnostics
+from ._deferred import VALIDATE_MODES
 from ._llm_options import NO_LLM_OPTIONS, llm_options
 from .diagnostics import nonfinite_error_from, target_error_from
 
-VALIDATE_MODES = {"off": 0, "sync": 1, "deferred": 2}
 
 
 def cross_entropy(
@@ -80,6 +81,8 @@ def cross_entropy(
     # bfloat16 operands. Our kernels read those as they are, accumulate in float32 anyway and
     # write a float32 loss (acc_loss): no float32 copy of the logits.
     autocast = diagnostics.autocast_enabled(input)
+    if not torch.compiler.is_compiling():
+        _deferred.check_pending()  # an earlier call's bad target surfaces here at the latest (never waits)
 
     if not _ops.has_kernel(input.device.type) or _needs_torch_composite(input, target):
         input, target, weight = _autocast_to_float32(autocast, input, target, weight)
@@ -157,19 +160,21 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
     logits = input.unsqueeze(0) if one_dim else input
     rows = target.reshape(1) if one_dim else target
     eager = not torch.compiler.is_compiling()
-    if eager:
-        _deferred.check_pending()  # an earlier deferred call's bad target surfaces here at the latest
+    if not eager and validate == VALIDATE_MODES["sync"]:
+        # A compiled graph must not wait for the device: the CUDA op queues the status and checks
+        # it at the next call or backward (the CPU op raises at once in every mode).
+        validate = VALIDATE_MODES["deferred"]
+    if eager and _deferred.may_queue(validate, logits.device):
+        _deferred.name_next_call()  # the op queues this call's status: it is named after the user's line
     try:
-        loss, row_stats, _, status = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
-                                                                label_smoothing, check_finite, validate,
-                                                                llm.lse_square_scale, llm.softcap_code, acc_loss,
-                                                                inplace_backward)
+        loss, row_stats, _, _ = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
+                                                           label_smoothing, check_finite, validate,
+                                                           llm.lse_square_scale, llm.softcap_code, acc_loss,
+                                                           inplace_backward)
     except IndexError as error:
         raise target_error_from(error, ignore_index) from None
     except ValueError as error:
         raise nonfinite_error_from(error) from None
-    if eager and validate == VALIDATE_MODES["deferred"] and logits.is_cuda and not torch.cuda.is_current_stream_capturing():
-        _deferred.submit(status, rows.shape, logits.shape[1], ignore_index, logits.shape)
     loss = loss.reshape(()) if one_dim and reduction == 0 else loss
     if not llm.return_lse:
         return loss
@@ -191,6 +196,8 @@ def _probability_loss(input, target, weight, reduction, label_smoothing, check_f
         weight = weight.to(dtype) if weight is not None else None
     one_dim = input.dim() == 1
     logits, probs = (input.unsqueeze(0), target.unsqueeze(0)) if one_dim else (input, target)
+    if check_finite and not torch.compiler.is_compiling() and _deferred.may_queue(_deferred.SYNC, logits.device):
+        _deferred.name_next_call()  # check_finite is 'sync' here; under capture the op queues it
     try:
         loss, _, _ = _ops.ops.cross_entropy_prob_fwd(logits, probs, weight, reduction, label_smoothing, check_finite,
                                                      direct)

@@ -197,13 +197,16 @@ def _check_metadata(input, linear_weight, target, weight, ignore_index, label_sm
 def _check_targets(target, num_classes, ignore_index, logits_shape, validate, device):
     """Out-of-range targets, over the whole target (positions are the target's, not a chunk's),
     before any product is computed. CPU: always, as cross_entropy. CUDA: 'sync' waits for the
-    status once, 'deferred' queues it, 'off' skips (bad rows are then NaN with zero gradient)."""
+    status once, 'deferred' queues it (so does 'sync' where the host cannot wait: torch.compile,
+    CUDA-graph capture), 'off' skips (bad rows are then NaN with zero gradient)."""
+    compiling = torch.compiler.is_compiling()
+    if not compiling:
+        _deferred.check_pending()  # an earlier call's error, in every mode (as cross_entropy)
     if device.type != "cpu" and validate == VALIDATE_MODES["off"]:
         return
-    if not torch.compiler.is_compiling():
-        _deferred.check_pending()
     status = diagnostics.target_status(target, num_classes, ignore_index)
-    if device.type != "cpu" and validate == VALIDATE_MODES["deferred"]:
+    if device.type == "cuda" and (validate == VALIDATE_MODES["deferred"] or compiling
+                                  or torch.cuda.is_current_stream_capturing()):
         _deferred.submit(status, target.shape, num_classes, ignore_index, logits_shape)
         return
     status = status.cpu()

@@ -1,9 +1,9 @@
 // The CUDA ops: check the contract (op_common), allocate outputs, launch the torch-free kernels
-// (kernel_api.h) on the current stream. Nothing here waits for the GPU except validate=1 ('sync'):
-// the forward then copies the 6-int64 status to the host and raises what the CPU op would raise.
-// validate=0 ('off') and 2 ('deferred') return the status tensor untouched; the Python layer
-// checks it later. Under CUDA-graph capture 'sync' behaves as 'deferred' (a copy to the host
-// cannot be captured).
+// (kernel_api.h) on the current stream. What happens to a forward's status record, by validate
+// mode (the 'sync' wait, the 'deferred' queue, CUDA-graph capture), is deferred.cu's
+// report_status; every op first raises an earlier call's error whose record has reached the host
+// (check_earlier_calls), so deferred errors surface at the next call or backward even when no
+// Python runs around the op (torch.compile).
 #include <ATen/core/Tensor.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
@@ -14,8 +14,10 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include "../deferred.h"
 #include "../op_common.h"
 #include "../status.h"
+#include "deferred_cuda.h"
 #include "kernel_api.h"
 
 namespace validated_loss::cuda {
@@ -65,21 +67,6 @@ Weights weights_of(const std::optional<Tensor>& weight, at::ScalarType acc, cuda
                                      r.w.numel(), r.sum.mutable_data_ptr(), stream));
   }
   return r;
-}
-
-bool capturing(cudaStream_t stream) {
-  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-  return status != cudaStreamCaptureStatusNone;
-}
-
-// validate=1: wait for the status and raise what it describes (the CPU op's exception and message).
-void raise_now(const Tensor& status, cudaStream_t stream, at::IntArrayRef target_sizes, int64_t num_classes,
-               int64_t ignore_index, at::IntArrayRef logits_sizes) {
-  if (capturing(stream)) return;
-  int64_t host[kStatusSize];
-  c10::cuda::memcpy_and_sync(host, status.const_data_ptr(), sizeof(host), cudaMemcpyDeviceToHost, stream);
-  raise_for_status(host, target_sizes, num_classes, ignore_index, logits_sizes);
 }
 
 ForwardArgs forward_args(const Tensor& logits, const View& x, const Weights& w, double label_smoothing,
@@ -204,16 +191,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& 
                                                                   int64_t validate, double lse_square_scale,
                                                                   double softcap, bool acc_loss,
                                                                   bool /*inplace_backward: autograd's*/) {
+  std::string origin = take_call_origin();  // set by the Python layer for this call, if it named it
   check_index_op_args(logits, target, weight, reduction);
   check_llm_options(lse_square_scale, softcap);
   TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
               validate);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  check_earlier_calls(stream);
   const Weights w = weights_of(weight, accumulate_dtype(logits.scalar_type()), stream);
   const IndexForwardOut o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
                                           lse_square_scale, softcap, acc_loss, stream);
-  if (validate == 1) raise_now(o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes());
+  report_status(validate, o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes(),
+                std::move(origin));
   return {o.loss, o.lse, o.total_weight, o.status};
 }
 
@@ -228,6 +218,7 @@ Tensor index_backward_op(const Tensor& grad_loss, const Tensor& logits, const Te
   if (in_place) check_in_place_gradient(logits);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  check_earlier_calls(stream);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Weights w = weights_of(weight, acc, stream);
   const int64_t num_rows = make_row_geometry(logits).num_rows;
@@ -264,6 +255,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
     int64_t ignore_index, double label_smoothing, double lse_square_scale, double softcap,
     const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_lse, bool check_finite,
     int64_t validate) {
+  std::string origin = take_call_origin();  // set by the Python layer for this call, if it named it
   check_index_op_args(logits, target, weight, reduction);
   check_llm_options(lse_square_scale, softcap);
   TORCH_CHECK(reduction != kReductionMean, "validated_loss: cross_entropy_fwd_grad takes reduction 'none' or 'sum'");
@@ -271,6 +263,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
               validate);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  // No check of earlier calls here: linear_cross_entropy's chunk steps belong to one call, whose
+  // Python entry has checked (a check here would raise that same call's own queued error mid-loop).
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Weights w = weights_of(weight, acc, stream);
   const int64_t num_rows = make_row_geometry(logits).num_rows;
@@ -283,7 +277,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
   const ScaleHolder scale = grad_scale(g, reduction, Tensor(), num_rows, logits, acc);
   index_backward(scale, logits, target, w, o.lse, reduction, ignore_index, label_smoothing, lse_square_scale, softcap,
                  lse_grad_of(grad_lse, logits, acc), logits, stream);
-  if (validate == 1) raise_now(o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes());
+  report_status(validate, o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes(),
+                std::move(origin));
   return {o.loss, o.lse, o.total_weight, o.status};
 }
 
@@ -291,9 +286,11 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& log
                                                                const std::optional<Tensor>& weight,
                                                                int64_t reduction, double label_smoothing,
                                                                bool check_finite, bool acc_loss) {
+  std::string origin = take_call_origin();  // set by the Python layer for this call, if it named it
   check_prob_op_args(logits, target, weight, reduction);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  check_earlier_calls(stream);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Weights w = weights_of(weight, acc, stream);
   const View x = view_of(logits);
@@ -310,7 +307,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& log
   C10_CUDA_CHECK(prob_forward_launch(a, stream));
   // Probability targets have no value to validate; only check_finite can fill the status (the
   // schema has no validate argument: check_finite=True implies 'sync').
-  if (check_finite) raise_now(status, stream, target.sizes(), x.ix.num_classes, -100, logits.sizes());
+  report_status(check_finite ? 1 : 0, status, stream, target.sizes(), x.ix.num_classes, -100, logits.sizes(),
+                std::move(origin));
   return {loss, lse, status};
 }
 
@@ -321,6 +319,7 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cuda(const Tensor& grad_loss, 
   check_prob_op_args(logits, target, weight, reduction);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  check_earlier_calls(stream);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Weights w = weights_of(weight, acc, stream);
   ProbBackward a{};

@@ -1,0 +1,20 @@
+// The kernel a captured forward adds to its graph: the status record's hand-off to the host
+// (status_slot.h says how the slot is shared). One thread: six words.
+#include "../status_slot.h"
+#include "kernel_api.h"
+
+namespace validated_loss::cuda {
+namespace {
+
+__global__ void publish_status_kernel(const int64_t* status, int64_t* slot) {
+  publish_status(slot, status);
+}
+
+}  // namespace
+
+cudaError_t publish_status_launch(const int64_t* status, int64_t* slot, cudaStream_t stream) {
+  publish_status_kernel<<<1, 1, 0, stream>>>(status, slot);
+  return cudaGetLastError();
+}
+
+}  // namespace validated_loss::cuda

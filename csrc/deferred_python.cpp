@@ -1,0 +1,42 @@
+// validated_loss._C's functions: deferred validation's host state as the Python layer reaches it
+// on every eager call, for a fraction of an op call's cost (a torch.ops call costs microseconds;
+// these touch no tensor and never raise a torch error). Checks themselves are the op
+// check_deferred, so their errors take torch's usual way to Python.
+#include <Python.h>
+
+#include "deferred.h"
+
+namespace validated_loss {
+namespace {
+
+PyObject* py_set_call_origin(PyObject*, PyObject* origin) {
+  const char* text = PyUnicode_AsUTF8(origin);
+  if (text == nullptr) return nullptr;
+  set_call_origin(text);
+  Py_RETURN_NONE;
+}
+
+PyObject* py_pending_checks(PyObject*, PyObject*) {
+  return PyLong_FromSize_t(pending_checks());
+}
+
+PyObject* py_clear_checks(PyObject*, PyObject*) {
+  clear_checks();
+  Py_RETURN_NONE;
+}
+
+PyMethodDef methods[] = {
+    {"set_call_origin", py_set_call_origin, METH_O,
+     "Names the check the next op call on this thread queues (the caller's file:line)."},
+    {"pending_checks", py_pending_checks, METH_NOARGS, "Checks queued and CUDA-graph slots watched."},
+    {"clear_checks", py_clear_checks, METH_NOARGS, "Drops every queued check and unread graph record."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
+PyMethodDef* deferred_python_methods() {
+  return methods;
+}
+
+}  // namespace validated_loss
