@@ -7,7 +7,7 @@ the bytes autograd keeps for backward, and bandwidth against a copy of the logit
 same run. Writes bench.md/.csv/.json/.png under --out. See benchmarks/README.md.
 
     PYTHONPATH=. python benchmarks/bench.py [--full] [--shapes 4096,32000;512,10] [--dtypes float32,bfloat16]
-                                            [--repeats 11] [--warmup 1] [--out benchmarks/results]
+                                            [--repeats 15] [--warmup 3] [--out benchmarks/results]
 """
 
 import argparse
@@ -75,8 +75,8 @@ def parse_args(argv=None):
     p.add_argument("--full", action="store_true", help="every preset shape in float32 and bfloat16, incl. 4096x128256")
     p.add_argument("--shapes", type=parse_shapes, help="custom shapes 'N,C;N,C' (replace the presets)")
     p.add_argument("--dtypes", type=parse_dtypes, help="comma-separated, e.g. float32,bfloat16")
-    p.add_argument("--repeats", type=int, default=11, help="timed rounds per shape (default 11)")
-    p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    p.add_argument("--repeats", type=int, default=15, help="timed rounds per shape (default 15)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3: a 2-vCPU guest speeds up over its first rounds)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder (default benchmarks/results)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=harness.usable_cores(), help="torch threads (default: the cores)")
