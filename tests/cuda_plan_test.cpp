@@ -29,20 +29,7 @@
 using namespace validated_loss;
 using namespace validated_loss::cuda;
 
-static int g_failures = 0;
-static int64_t g_checks = 0;
-
-#define CHECK(cond, ...)                                          \
-  do {                                                            \
-    ++g_checks;                                                   \
-    if (!(cond)) {                                                \
-      if (++g_failures <= 30) {                                   \
-        std::fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-        std::fprintf(stderr, __VA_ARGS__);                        \
-        std::fprintf(stderr, "\n");                               \
-      }                                                           \
-    }                                                             \
-  } while (0)
+#include "host_check.h"
 
 // ---------------------------------------------------------------------------------------------
 // Geometry helpers (the same coalescing as op_common.cpp's make_row_geometry, on plain arrays).
@@ -792,6 +779,5 @@ int main() {
   test_prob_rows();
   std::printf("block totals\n");
   test_totals();
-  std::printf("%" PRId64 " checks, %d failures\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return check_summary();
 }

@@ -15,19 +15,7 @@
 
 using namespace validated_loss;
 
-static int g_failures = 0;
-static int64_t g_checks = 0;
-
-#define CHECK(cond, ...)                                                     \
-  do {                                                                       \
-    ++g_checks;                                                              \
-    if (!(cond)) {                                                           \
-      ++g_failures;                                                          \
-      std::fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond);   \
-      std::fprintf(stderr, __VA_ARGS__);                                     \
-      std::fprintf(stderr, "\n");                                            \
-    }                                                                        \
-  } while (0)
+#include "host_check.h"
 
 // A status record: first invalid target at `position` with `value`, `count` invalid in all.
 static std::array<int64_t, kStatusSize> record(int64_t position, int64_t value, int64_t count) {
@@ -203,6 +191,5 @@ int main() {
   test_notes_name_the_call();
   test_slot_hand_off();
   test_graph_sites();
-  std::printf("%" PRId64 " checks, %d failures\n", g_checks, g_failures);
-  return g_failures == 0 ? 0 : 1;
+  return check_summary();
 }
