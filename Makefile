@@ -8,7 +8,7 @@ DEPS := $(VENV)/.deps-installed
 TORCH_SPEC ?= torch==2.13.0
 TEST_DEPS := numpy hypothesis pytest ninja matplotlib tqdm expecttest setuptools wheel
 
-.PHONY: build test bench bench-full cuda-check asan clean
+.PHONY: build test test-isa bench bench-full cuda-check asan clean
 
 $(DEPS): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,14 @@ build: $(DEPS)
 
 test: build
 	$(PY) -m pytest tests
+
+# The kernels are compiled for three CPU capabilities and the machine runs the widest; this runs
+# the kernel suites on the two narrower builds too (ATen honours ATEN_CPU_CAPABILITY).
+ISA_TESTS := tests/test_parity.py tests/test_properties.py tests/test_kernel_paths.py tests/test_llm_options.py \
+	tests/test_gradient_cache.py tests/test_inplace_backward.py
+test-isa: build
+	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest $(ISA_TESTS) -q -p no:cacheprovider
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest $(ISA_TESTS) -q -p no:cacheprovider
 
 bench: build
 	$(PY) benchmarks/bench.py
