@@ -27,8 +27,8 @@ test: build
 ISA_TESTS := tests/test_parity.py tests/test_properties.py tests/test_kernel_paths.py tests/test_llm_options.py \
 	tests/test_gradient_cache.py tests/test_inplace_backward.py
 test-isa: build
-	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest $(ISA_TESTS) -q -p no:cacheprovider
-	ATEN_CPU_CAPABILITY=default $(PY) -m pytest $(ISA_TESTS) -q -p no:cacheprovider
+	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest $(ISA_TESTS) -p no:cacheprovider
+	ATEN_CPU_CAPABILITY=default $(PY) -m pytest $(ISA_TESTS) -p no:cacheprovider
 
 bench: build
 	$(PY) benchmarks/bench.py
