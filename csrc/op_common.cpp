@@ -43,8 +43,16 @@ static void check_reduction(int64_t reduction) {
               "validated_loss: reduction code must be 0 (none), 1 (mean) or 2 (sum), got ", reduction);
 }
 
+static void check_llm_options(double lse_square_scale, double softcap) {
+  TORCH_CHECK(std::isfinite(lse_square_scale), "validated_loss: lse_square_scale must be finite, got ",
+              lse_square_scale);
+  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0, "validated_loss: softcap must be 0 (none) or positive, got ",
+              softcap);
+}
+
 void check_index_op_args(const at::Tensor& logits, const at::Tensor& target,
-                         const std::optional<at::Tensor>& weight, int64_t reduction) {
+                         const std::optional<at::Tensor>& weight, int64_t reduction, double lse_square_scale,
+                         double softcap) {
   check_logits(logits);
   check_reduction(reduction);
   TORCH_CHECK(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte,
@@ -55,6 +63,7 @@ void check_index_op_args(const at::Tensor& logits, const at::Tensor& target,
               "validated_loss: target must have shape ", at::IntArrayRef(rows_shape(logits)), ", got ",
               target.sizes());
   check_weight(weight, logits);
+  check_llm_options(lse_square_scale, softcap);
 }
 
 void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
@@ -69,13 +78,6 @@ void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
   TORCH_CHECK(target.device() == logits.device(), "validated_loss: target is on ", target.device(),
               ", logits on ", logits.device());
   check_weight(weight, logits);
-}
-
-void check_llm_options(double lse_square_scale, double softcap) {
-  TORCH_CHECK(std::isfinite(lse_square_scale), "validated_loss: lse_square_scale must be finite, got ",
-              lse_square_scale);
-  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0, "validated_loss: softcap must be 0 (none) or positive, got ",
-              softcap);
 }
 
 // "No internal overlap" in ATen's sense (non-overlapping and dense: the layout it can vouch for

@@ -21,13 +21,13 @@ at::ScalarType loss_dtype(at::ScalarType logits_dtype, bool acc_loss);
 
 // The ops' contract on shapes and dtypes. The Python layer has already explained any misuse in
 // the user's terms; these checks only guarantee that the kernels never index out of bounds.
+// Class-index ops also take the LLM options: z-loss scale finite; softcap 0 (none) or positive
+// and finite.
 void check_index_op_args(const at::Tensor& logits, const at::Tensor& target,
-                         const std::optional<at::Tensor>& weight, int64_t reduction);
+                         const std::optional<at::Tensor>& weight, int64_t reduction, double lse_square_scale,
+                         double softcap);
 void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
                         const std::optional<at::Tensor>& weight, int64_t reduction);
-
-// z-loss scale finite; softcap 0 (none) or positive and finite.
-void check_llm_options(double lse_square_scale, double softcap);
 
 // cross_entropy_bwd_ writes the gradient over the logits: every element must have memory of its own.
 void check_in_place_gradient(const at::Tensor& logits);

@@ -123,8 +123,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
                                                                  double lse_square_scale, double softcap,
                                                                  bool acc_loss,
                                                                  bool /*inplace_backward: autograd's*/) {
-  check_index_op_args(logits, target, weight, reduction);
-  check_llm_options(lse_square_scale, softcap);
+  check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
   const Tensor w = weights_for_kernel(weight, acc);
@@ -148,8 +147,7 @@ Tensor index_backward(const Tensor& grad_loss, const Tensor& logits, const Tenso
                       const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
                       int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
                       double softcap, const std::optional<Tensor>& grad_lse, bool in_place) {
-  check_index_op_args(logits, target, weight, reduction);
-  check_llm_options(lse_square_scale, softcap);
+  check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
   if (in_place) check_in_place_gradient(logits);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
@@ -191,8 +189,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
     int64_t ignore_index, double label_smoothing, double lse_square_scale, double softcap,
     const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_lse, bool check_finite,
     int64_t /*validate: the CPU always raises*/) {
-  check_index_op_args(logits, target, weight, reduction);
-  check_llm_options(lse_square_scale, softcap);
+  check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
   TORCH_CHECK(reduction != kReductionMean, "validated_loss: cross_entropy_fwd_grad takes reduction 'none' or 'sum'");
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();

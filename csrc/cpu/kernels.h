@@ -146,7 +146,10 @@ acc_t chunk_max(const acc_t* x, int64_t n) {
   for (; c + kAccumulators * L <= n; c += kAccumulators * L) {
     for (int a = 0; a < kAccumulators; ++a) vm[a] = at::vec::maximum(vm[a], Vec::loadu(x + c + a * L));
   }
-  for (; c < n; c += L) vm[0] = at::vec::maximum(vm[0], Vec::set(lowest, Vec::loadu(x + c, std::min(L, n - c)), std::min(L, n - c)));
+  for (; c < n; c += L) {
+    const int64_t k = std::min(L, n - c);
+    vm[0] = at::vec::maximum(vm[0], Vec::set(lowest, Vec::loadu(x + c, k), k));
+  }
   const Vec m = at::vec::maximum(at::vec::maximum(vm[0], vm[1]), at::vec::maximum(vm[2], vm[3]));
   return at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, m);
 }

@@ -192,8 +192,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& 
                                                                   double softcap, bool acc_loss,
                                                                   bool /*inplace_backward: autograd's*/) {
   std::string origin = take_call_origin();  // set by the Python layer for this call, if it named it
-  check_index_op_args(logits, target, weight, reduction);
-  check_llm_options(lse_square_scale, softcap);
+  check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
   TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
               validate);
   const c10::cuda::CUDAGuard guard(logits.device());
@@ -213,8 +212,7 @@ Tensor index_backward_op(const Tensor& grad_loss, const Tensor& logits, const Te
                          const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
                          int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
                          double softcap, const std::optional<Tensor>& grad_lse, bool in_place) {
-  check_index_op_args(logits, target, weight, reduction);
-  check_llm_options(lse_square_scale, softcap);
+  check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
   if (in_place) check_in_place_gradient(logits);
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
@@ -256,8 +254,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
     const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_lse, bool check_finite,
     int64_t validate) {
   std::string origin = take_call_origin();  // set by the Python layer for this call, if it named it
-  check_index_op_args(logits, target, weight, reduction);
-  check_llm_options(lse_square_scale, softcap);
+  check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
   TORCH_CHECK(reduction != kReductionMean, "validated_loss: cross_entropy_fwd_grad takes reduction 'none' or 'sum'");
   TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
               validate);
