@@ -599,6 +599,12 @@ void store_span(scalar_t* p, int64_t n, const acc_t* values) {
   }
 }
 
+}  // namespace CPU_CAPABILITY
+}  // namespace validated_loss::cpu
+#include "small_rows.h"  // the common case of packed short rows, L rows at a time
+namespace validated_loss::cpu {
+namespace CPU_CAPABILITY {
+
 // Every block is read whole before its gradient is stored, so `gout` may be the logits themselves.
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
 void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, const LossConstants<acc_t>& k,
@@ -614,6 +620,7 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
   // Weights padded to whole vectors, once (the padding lanes' gradients are dropped).
   alignas(64) acc_t wpad[kLaneRowsMaxClasses];
   for (int64_t c = 0; c < padded; ++c) wpad[c] = c < C && w ? w[c] : acc_t(1);
+  const bool lane_groups = lane_group_options_ok(k, w) && gs.lse_grad == nullptr;
   const int64_t num_blocks = (xv.geo.num_rows + block_rows - 1) / block_rows;
   at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
     // + kLaneRowsMaxClasses: the last row's whole vectors run past the block's end.
@@ -627,6 +634,11 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
       std::fill(xbuf + n, xbuf + n + padded, acc_t(0));
       if (has_softcap(k)) chunk_softcap(xbuf, xbuf, n + padded, k.softcap);
       for (int64_t i = 0; i < rows; ++i) {
+        if (lane_groups && i % L == 0 && i + L <= rows &&
+            lane_group_backward(xbuf + i * C, gbuf + i * C, r0 + i, t, k, lse, gs)) {
+          i += L - 1;
+          continue;
+        }
         const int64_t r = r0 + i;
         const acc_t* xrow = xbuf + i * C;
         acc_t* grow = gbuf + i * C;
@@ -753,7 +765,10 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
       return;
     }
     alignas(64) acc_t buf[kLaneRowsMaxClasses * L];
+    const bool lane_groups = is_packed(g) && lane_group_options_ok(k, w) && !out.check_finite;
+    LaneGroupForward<scalar_t> groups(x, g.num_rows, C, t, out, r1);
     for (int64_t first = r0; first < r1; first += L) {
+      if (lane_groups && groups.group(first)) continue;
       int64_t offsets[L];
       const int n = lane_offsets<acc_t>(g, first, r1, offsets);
       gather_lane_rows(x, offsets, C, g.class_stride, buf);
@@ -782,6 +797,7 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
         });
       }
     }
+    groups.finish(part);
   });
   // Small class counts: the gradient pass re-gathers the (short) rows after the whole forward.
   if (fused && use_lane_rows(g)) index_backward_small<scalar_t>(xv, t, k, w, lse_out, fused->scale, fused->grad);
