@@ -621,6 +621,9 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
   alignas(64) acc_t wpad[kLaneRowsMaxClasses];
   for (int64_t c = 0; c < padded; ++c) wpad[c] = c < C && w ? w[c] : acc_t(1);
   const bool lane_groups = lane_group_options_ok(k, w) && gs.lse_grad == nullptr;
+  const int64_t N = xv.geo.num_rows;
+  const bool overlapping = reinterpret_cast<const char*>(grad) < reinterpret_cast<const char*>(x + N * C) &&
+                           reinterpret_cast<const char*>(x) < reinterpret_cast<const char*>(grad + N * C);
   const int64_t num_blocks = (xv.geo.num_rows + block_rows - 1) / block_rows;
   at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
     // + kLaneRowsMaxClasses: the last row's whole vectors run past the block's end.
@@ -630,17 +633,23 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * block_rows, rows = std::min(block_rows, xv.geo.num_rows - r0), n = rows * C;
       const acc_t* xs = load_chunk(x + r0 * C, 1, 0, n, xbuf);
-      if (xs != xbuf) std::memcpy(xbuf, xs, n * sizeof(acc_t));
-      std::fill(xbuf + n, xbuf + n + padded, acc_t(0));
-      if (has_softcap(k)) chunk_softcap(xbuf, xbuf, n + padded, k.softcap);
+      // acc_t logits are read where they are (no copy) unless they must be capped, the vectors
+      // past the block's end would leave the tensor, or the gradient overlaps them.
+      const bool read_in_place = xs != xbuf && !has_softcap(k) && !overlapping && (r0 + rows) * C + padded <= N * C;
+      if (!read_in_place) {
+        if (xs != xbuf) std::memcpy(xbuf, xs, n * sizeof(acc_t));
+        std::fill(xbuf + n, xbuf + n + padded, acc_t(0));
+        if (has_softcap(k)) chunk_softcap(xbuf, xbuf, n + padded, k.softcap);
+        xs = xbuf;
+      }
       for (int64_t i = 0; i < rows; ++i) {
         if (lane_groups && i % L == 0 && i + L <= rows &&
-            lane_group_backward(xbuf + i * C, gbuf + i * C, r0 + i, t, k, lse, gs)) {
+            lane_group_backward(xs + i * C, gbuf + i * C, r0 + i, t, k, lse, gs)) {
           i += L - 1;
           continue;
         }
         const int64_t r = r0 + i;
-        const acc_t* xrow = xbuf + i * C;
+        const acc_t* xrow = xs + i * C;
         acc_t* grow = gbuf + i * C;
         const int64_t y = read_target(t, r);
         if (classify_target(y, C, t.ignore_index) != kTargetValid) {
