@@ -624,6 +624,9 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
   const int64_t N = xv.geo.num_rows;
   const bool overlapping = reinterpret_cast<const char*>(grad) < reinterpret_cast<const char*>(x + N * C) &&
                            reinterpret_cast<const char*>(x) < reinterpret_cast<const char*>(grad + N * C);
+  // Vector-path groups store an acc_t gradient straight into the tensor (no second copy) when it
+  // is not the logits; the per-row code's rows go through gbuf, copied out before the next group.
+  const bool write_in_place = std::is_same_v<scalar_t, acc_t> && !overlapping;
   const int64_t num_blocks = (xv.geo.num_rows + block_rows - 1) / block_rows;
   at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
     // + kLaneRowsMaxClasses: the last row's whole vectors run past the block's end.
@@ -642,9 +645,15 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
         if (has_softcap(k)) chunk_softcap(xbuf, xbuf, n + padded, k.softcap);
         xs = xbuf;
       }
+      int64_t pending = 0;  // the first row in gbuf not yet stored
       for (int64_t i = 0; i < rows; ++i) {
+        acc_t* gdst = write_in_place ? reinterpret_cast<acc_t*>(grad) + (r0 + i) * C : gbuf + i * C;
         if (lane_groups && i % L == 0 && i + L <= rows &&
-            lane_group_backward(xs + i * C, gbuf + i * C, r0 + i, t, k, lse, gs)) {
+            lane_group_backward(xs + i * C, gdst, r0 + i, t, k, lse, gs)) {
+          if (write_in_place) {
+            store_span(grad + (r0 + pending) * C, (i - pending) * C, gbuf + pending * C);
+            pending = i + L;
+          }
           i += L - 1;
           continue;
         }
@@ -675,7 +684,7 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
           }
         }
       }
-      store_span(grad + r0 * C, n, gbuf);
+      store_span(grad + (r0 + pending) * C, n - pending * C, gbuf + pending * C);
     }
   });
 }

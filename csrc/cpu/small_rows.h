@@ -24,24 +24,32 @@
 namespace validated_loss::cpu {
 namespace CPU_CAPABILITY {
 
-// dst[j * ld_dst + i] = src[i * ld_src + j] for an L x L tile, reading all of src first and then
-// storing dst's rows in order (lane_group_transpose_out relies on that order): ATen's AVX2 and
-// AVX-512 float transposes do; elsewhere (double, the DEFAULT build) a scalar loop in that order
-// (ATen's generic transpose_mxn stores column by column).
+// dst[j * ld_dst + i] = src[i * ld_src + j] for an L x L tile (ATen's AVX2/AVX-512 float
+// transposes; a scalar loop for double and the DEFAULT build).
 template <typename acc_t>
 inline void transpose_tile(const acc_t* src, int64_t ld_src, acc_t* dst, int64_t ld_dst) {
   constexpr int L = Vectorized<acc_t>::size();
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  at::vec::transpose_mxn<acc_t, L, L>(src, ld_src, dst, ld_dst);
+}
+
+// v[0..L) seen as the rows of an L x L tile, transposed in place: in registers where ATen has the
+// shuffle sequence (AVX2 float), else through memory.
+template <typename acc_t>
+inline void transpose_vectors(Vectorized<acc_t>* v) {
+  constexpr int L = Vectorized<acc_t>::size();
+#if defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<acc_t, float>) {
-    at::vec::transpose_mxn<float, L, L>(src, ld_src, dst, ld_dst);
+    at::vec::VectorizedN<float, 8> t;
+    for (int i = 0; i < 8; ++i) t[i] = v[i];
+    at::vec::transpose_block(t);
+    for (int i = 0; i < 8; ++i) v[i] = t[i];
     return;
   }
 #endif
-  acc_t tile[L * L];
-  for (int i = 0; i < L; ++i) {
-    for (int j = 0; j < L; ++j) tile[j * L + i] = src[i * ld_src + j];
-  }
-  for (int j = 0; j < L; ++j) std::copy(tile + j * L, tile + (j + 1) * L, dst + j * ld_dst);
+  alignas(64) acc_t a[L * L], b[L * L];
+  for (int i = 0; i < L; ++i) v[i].store(a + i * L);
+  transpose_tile(a, L, b, L);
+  for (int i = 0; i < L; ++i) v[i] = Vectorized<acc_t>::loadu(b + i * L);
 }
 
 // True when every lane of v is finite (x - x is 0 exactly for finite x, NaN otherwise).
@@ -74,18 +82,6 @@ template <typename acc_t>
 inline void lane_group_transpose_in(const acc_t* rows, int64_t num_classes, acc_t* buf) {
   constexpr int L = Vectorized<acc_t>::size();
   for (int64_t c0 = 0; c0 < num_classes; c0 += L) transpose_tile(rows + c0, num_classes, buf + c0 * L, L);
-}
-
-// The inverse, into L rows back to back. Writes run past each row's end into the next rows; the
-// tiles go from the last to the first, so every row's own classes are written after any spill of
-// the row before it into them. The spill of the last row lands at most padded - C elements past
-// the group, where the caller's buffer has room and rows not yet done (written after).
-template <typename acc_t>
-inline void lane_group_transpose_out(const acc_t* buf, int64_t num_classes, acc_t* rows) {
-  constexpr int L = Vectorized<acc_t>::size();
-  for (int64_t c0 = (num_classes - 1) / L * L; c0 >= 0; c0 -= L) {
-    transpose_tile(buf + c0 * L, L, rows + c0, num_classes);
-  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -183,20 +179,48 @@ class LaneGroupForward {
 // ---------------------------------------------------------------------------------------------
 // Backward.
 
-// The backward's vector path for L packed rows already read whole into an L1 buffer (xrows, as
-// index_backward_packed_rows holds them, readable to (L - 1) * C + padded) and their gradients
-// into grows (same layout and room). False, with nothing written, when the group is not the
-// common case. The caller has checked lane_group_options_ok and that there is no lse gradient.
+// The backward's vector path for L packed rows, read from xrows (index_backward_packed_rows' L1
+// copy or the logits themselves, readable to (L - 1) * C + padded), their gradients stored to
+// grows (rows back to back: that L1 block or the gradient tensor). False, with nothing written,
+// when the group is not the common case. The caller has checked lane_group_options_ok and that there is no lse gradient.
+//
+// Tile by tile (L classes of the L rows): L row loads, a transpose to class-major lanes, the
+// probabilities and gradients, a transpose back and L row stores, all in registers. A row's
+// stores may run past its end into the next rows of the group: tiles go from the last to the
+// first and rows in order, so those rows' own values are stored after. Nothing is stored past
+// the group.
 template <typename acc_t, bool may_be_nan>
-inline void lane_group_probs(const acc_t* buf, int64_t num_classes, const Vectorized<acc_t>& vmax,
-                             const Vectorized<acc_t>& vlog_sum, const Vectorized<acc_t>& vks,
-                             const Vectorized<acc_t>& vke, acc_t* pbuf, acc_t* gbuf) {
+inline void lane_group_grad_tiles(const acc_t* xrows, acc_t* grows, int64_t num_classes,
+                                  const Vectorized<acc_t>& vmax, const Vectorized<acc_t>& vlog_sum,
+                                  const Vectorized<acc_t>& vks, const Vectorized<acc_t>& vke, acc_t* pbuf) {
   using Vec = Vectorized<acc_t>;
   constexpr int L = Vec::size();
-  for (int64_t c = 0; c < num_classes; ++c) {
-    const Vec p = vexp<acc_t, may_be_nan>((Vec::loadu(buf + c * L) - vmax) - vlog_sum);
-    p.store(pbuf + c * L);
-    (vks * p - vke).store(gbuf + c * L);  // index_backward_packed_rows' expression, w_c = 1
+  const int64_t C = num_classes;
+  for (int64_t c0 = (C - 1) / L * L; c0 >= 0; c0 -= L) {
+    Vec v[L];
+    for (int l = 0; l < L; ++l) v[l] = Vec::loadu(xrows + l * C + c0);
+    transpose_vectors(v);  // v[j]: class c0 + j of the L rows
+    const int classes = static_cast<int>(std::min<int64_t>(L, C - c0));
+    for (int j = 0; j < L; ++j) {
+      if (j >= classes) {
+        v[j] = Vec(acc_t(0));
+        continue;
+      }
+      const Vec p = vexp<acc_t, may_be_nan>((v[j] - vmax) - vlog_sum);
+      p.store(pbuf + (c0 + j) * L);
+      v[j] = vks * p - vke;  // index_backward_packed_rows' expression, w_c = 1
+    }
+    transpose_vectors(v);
+    for (int l = 0; l < L; ++l) {
+      // Whole vectors, except where one would pass the group's end: grows may be the gradient
+      // tensor itself, where the rows after the group belong to another block (thread).
+      const int64_t room = (L - l) * C - c0;
+      if (room >= L) {
+        v[l].store(grows + l * C + c0);
+      } else {
+        v[l].store(grows + l * C + c0, static_cast<int>(room));
+      }
+    }
   }
 }
 
@@ -208,10 +232,9 @@ bool lane_group_backward(const acc_t* xrows, acc_t* grows, int64_t first, const 
   const int64_t C = k.num_classes;
   int64_t y[L];
   if (!lane_group_targets<L>(t, first, C, y)) return false;
-  alignas(64) acc_t xbuf[kLaneRowsMaxClasses * L], pbuf[kLaneRowsMaxClasses * L], gbuf[kLaneRowsMaxClasses * L];
+  alignas(64) acc_t pbuf[kLaneRowsMaxClasses * L];
   alignas(64) acc_t scale[L];
   for (int l = 0; l < L; ++l) scale[l] = row_grad_scale<acc_t>(gs, first + l);
-  lane_group_transpose_in(xrows, C, xbuf);
   // load_row_lse for L rows: the saved tensor holds {max, log_sum} pairs.
   const auto saved = at::vec::deinterleave2(Vec::loadu(lse + 2 * first), Vec::loadu(lse + 2 * first + L));
   const Vec vmax = saved.first, vlog_sum = saved.second;
@@ -219,14 +242,14 @@ bool lane_group_backward(const acc_t* xrows, acc_t* grows, int64_t first, const 
   // eps term scale * (w_c * eps) as in index_backward_packed_rows (eps = 0: kept for equal bits).
   const acc_t mass = index_row_mass(k, acc_t(1)), extra = acc_t(0);
   const Vec vscale = Vec::loadu(scale);
-  const Vec vks = vscale * Vec(mass) + Vec(extra), vke = vscale * (Vec(acc_t(1)) * Vec(smoothing_per_class(k)));
+  const Vec vks = vscale * Vec(mass) + Vec(extra);
+  const Vec vke = vscale * (Vec(acc_t(1)) * Vec(smoothing_per_class(k)));
   // As chunk_grad: a finite max and log-sum mean no NaN or +inf logit in the row.
   if (all_finite(vmax + vlog_sum)) {
-    lane_group_probs<acc_t, false>(xbuf, C, vmax, vlog_sum, vks, vke, pbuf, gbuf);
+    lane_group_grad_tiles<acc_t, false>(xrows, grows, C, vmax, vlog_sum, vks, vke, pbuf);
   } else {
-    lane_group_probs<acc_t, true>(xbuf, C, vmax, vlog_sum, vks, vke, pbuf, gbuf);
+    lane_group_grad_tiles<acc_t, true>(xrows, grows, C, vmax, vlog_sum, vks, vke, pbuf);
   }
-  lane_group_transpose_out(gbuf, C, grows);
   // The target element from the probability already computed, as index_backward_packed_rows.
   const acc_t target_mass = index_target_mass(k, acc_t(1), true, acc_t(1));
   for (int l = 0; l < L; ++l) {
