@@ -620,7 +620,7 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
   // Weights padded to whole vectors, once (the padding lanes' gradients are dropped).
   alignas(64) acc_t wpad[kLaneRowsMaxClasses];
   for (int64_t c = 0; c < padded; ++c) wpad[c] = c < C && w ? w[c] : acc_t(1);
-  const bool lane_groups = lane_group_options_ok(k, w) && gs.lse_grad == nullptr;
+  const bool lane_groups = lane_group_backward_ok(k, w, gs);
   const int64_t N = xv.geo.num_rows;
   const bool overlapping = reinterpret_cast<const char*>(grad) < reinterpret_cast<const char*>(x + N * C) &&
                            reinterpret_cast<const char*>(x) < reinterpret_cast<const char*>(grad + N * C);

@@ -182,7 +182,7 @@ class LaneGroupForward {
 // The backward's vector path for L packed rows, read from xrows (index_backward_packed_rows' L1
 // copy or the logits themselves, readable to (L - 1) * C + padded), their gradients stored to
 // grows (rows back to back: that L1 block or the gradient tensor). False, with nothing written,
-// when the group is not the common case. The caller has checked lane_group_options_ok and that there is no lse gradient.
+// when the group is not the common case. The caller has checked lane_group_backward_ok.
 //
 // Tile by tile (L classes of the L rows): L row loads, a transpose to class-major lanes, the
 // probabilities and gradients, a transpose back and L row stores, all in registers. A row's
@@ -222,6 +222,17 @@ inline void lane_group_grad_tiles(const acc_t* xrows, acc_t* grows, int64_t num_
       }
     }
   }
+}
+
+// Whether index_backward_packed_rows tries groups. Only up to 32 classes: there rows are short
+// enough that per-row setup and padded vectors dominate the row-by-row code (2x faster as groups
+// at C = 8..24), while from ~40 classes on the row-by-row code's whole vectors win (C = 64 was
+// ~10% slower as groups: two transposes a tile and no waste left to remove).
+constexpr int64_t kLaneGroupBackwardMaxClasses = 32;
+
+template <typename acc_t>
+inline bool lane_group_backward_ok(const LossConstants<acc_t>& k, const acc_t* weight, const GradScale& gs) {
+  return k.num_classes <= kLaneGroupBackwardMaxClasses && lane_group_options_ok(k, weight) && gs.lse_grad == nullptr;
 }
 
 template <typename acc_t>
