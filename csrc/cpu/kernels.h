@@ -679,6 +679,12 @@ void store_span(scalar_t* p, int64_t n, const acc_t* values) {
   }
 }
 
+}  // namespace CPU_CAPABILITY
+}  // namespace validated_loss::cpu
+#include "small_rows.h"  // the common case of packed short rows, L rows at a time
+namespace validated_loss::cpu {
+namespace CPU_CAPABILITY {
+
 // Every block is read whole before its gradient is stored, so `gout` may be the logits themselves.
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
 void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, const LossConstants<acc_t>& k,
@@ -694,6 +700,13 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
   // Weights padded to whole vectors, once (the padding lanes' gradients are dropped).
   alignas(64) acc_t wpad[kLaneRowsMaxClasses];
   for (int64_t c = 0; c < padded; ++c) wpad[c] = c < C && w ? w[c] : acc_t(1);
+  const bool lane_groups = lane_group_backward_ok(k, w, gs);
+  const int64_t N = xv.geo.num_rows;
+  const bool overlapping = reinterpret_cast<const char*>(grad) < reinterpret_cast<const char*>(x + N * C) &&
+                           reinterpret_cast<const char*>(x) < reinterpret_cast<const char*>(grad + N * C);
+  // Vector-path groups store an acc_t gradient straight into the tensor (no second copy) when it
+  // is not the logits; the per-row code's rows go through gbuf, copied out before the next group.
+  const bool write_in_place = std::is_same_v<scalar_t, acc_t> && !overlapping;
   const int64_t num_blocks = (xv.geo.num_rows + block_rows - 1) / block_rows;
   at::parallel_for(0, num_blocks, 1, [&](int64_t b0, int64_t b1) {
     // + kLaneRowsMaxClasses: the last row's whole vectors run past the block's end.
@@ -703,12 +716,29 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t r0 = b * block_rows, rows = std::min(block_rows, xv.geo.num_rows - r0), n = rows * C;
       const acc_t* xs = load_chunk(x + r0 * C, 1, 0, n, xbuf);
-      if (xs != xbuf) std::memcpy(xbuf, xs, n * sizeof(acc_t));
-      std::fill(xbuf + n, xbuf + n + padded, acc_t(0));
-      if (has_softcap(k)) chunk_softcap(xbuf, xbuf, n + padded, k.softcap);
+      // acc_t logits are read where they are (no copy) unless they must be capped, the vectors
+      // past the block's end would leave the tensor, or the gradient overlaps them.
+      const bool read_in_place = xs != xbuf && !has_softcap(k) && !overlapping && (r0 + rows) * C + padded <= N * C;
+      if (!read_in_place) {
+        if (xs != xbuf) std::memcpy(xbuf, xs, n * sizeof(acc_t));
+        std::fill(xbuf + n, xbuf + n + padded, acc_t(0));
+        if (has_softcap(k)) chunk_softcap(xbuf, xbuf, n + padded, k.softcap);
+        xs = xbuf;
+      }
+      int64_t pending = 0;  // the first row in gbuf not yet stored
       for (int64_t i = 0; i < rows; ++i) {
+        acc_t* gdst = write_in_place ? reinterpret_cast<acc_t*>(grad) + (r0 + i) * C : gbuf + i * C;
+        if (lane_groups && i % L == 0 && i + L <= rows &&
+            lane_group_backward(xs + i * C, gdst, r0 + i, t, k, lse, gs)) {
+          if (write_in_place) {
+            store_span(grad + (r0 + pending) * C, (i - pending) * C, gbuf + pending * C);
+            pending = i + L;
+          }
+          i += L - 1;
+          continue;
+        }
         const int64_t r = r0 + i;
-        const acc_t* xrow = xbuf + i * C;
+        const acc_t* xrow = xs + i * C;
         acc_t* grow = gbuf + i * C;
         const int64_t y = read_target(t, r);
         if (classify_target(y, C, t.ignore_index) != kTargetValid) {
@@ -734,7 +764,7 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
           }
         }
       }
-      store_span(grad + r0 * C, n, gbuf);
+      store_span(grad + (r0 + pending) * C, n - pending * C, gbuf + pending * C);
     }
   });
 }
@@ -834,7 +864,10 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
       return;
     }
     alignas(64) acc_t buf[kLaneRowsMaxClasses * L];
+    const bool lane_groups = is_packed(g) && lane_group_options_ok(k, w) && !out.check_finite;
+    LaneGroupForward<scalar_t> groups(x, g.num_rows, C, t, out, r1);
     for (int64_t first = r0; first < r1; first += L) {
+      if (lane_groups && groups.group(first)) continue;
       int64_t offsets[L];
       const int n = lane_offsets<acc_t>(g, first, r1, offsets);
       gather_lane_rows(x, offsets, C, g.class_stride, buf);
@@ -863,6 +896,7 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
         });
       }
     }
+    groups.finish(part);
   });
   // Small class counts: the gradient pass re-gathers the (short) rows after the whole forward.
   if (fused && use_lane_rows(g)) index_backward_small<scalar_t>(xv, t, k, w, lse_out, fused->scale, fused->grad);
