@@ -751,8 +751,10 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
         const acc_t mass = index_row_mass(k, w_y);
         const acc_t extra = softmax_extra(k, scale, row, row_lse_grad<acc_t>(gs, r));
         const Vec vmax(row.max), vlog_sum(row.log_sum), vks(scale * mass + extra), vk(scale);
+        const bool finite = is_finite(row.max) && is_finite(row.log_sum);
         for (int64_t c = 0; c < padded; c += L) {
-          const Vec p = vexp((Vec::loadu(xrow + c) - vmax) - vlog_sum);
+          const Vec d = (Vec::loadu(xrow + c) - vmax) - vlog_sum;
+          const Vec p = finite ? exp_finite_row<ExpTail::kZeroBelow>(d) : vexp(d);
           p.store(pbuf + c);
           (vks * p - vk * (Vec::loadu(wpad + c) * veps)).store(grow + c);  // chunk_grad's expression
         }

@@ -1,7 +1,7 @@
 // Small class counts, packed rows (a contiguous (N, C) tensor with C <= kLaneRowsMaxClasses): the
 // common case of a group of L = Vectorized<acc_t>::size() consecutive rows, done whole in vectors.
 //
-// Included by kernels.h (after the helpers it uses: vexp, read_target, store_row_loss, load_chunk,
+// Included by kernels.h (after the helpers it uses: vexp, row_exp, read_target, store_row_loss, load_chunk,
 // kLaneRowsMaxClasses), not on its own.
 //
 // Why: the rows-in-lanes kernels spend most of a short row on scalar work, ~20 scalar moves to
@@ -17,8 +17,8 @@
 // element from grad_from_prob). A group that is not the common case returns false before writing
 // anything, and the caller runs its general per-row code on it: ignored and invalid targets (with
 // their reporting), weights, smoothing, z-loss, softcap and non-finite logits keep exactly one
-// implementation. The values computed are the same operations as the lanes kernels' (same max,
-// same exp, same log), so a row gets the same bits on either path.
+// implementation. The exps are fast_math.h's (every lane finite), as the packed per-row backward
+// takes for a finite row, so an in-place and an out-of-place gradient get the same bits.
 #pragma once
 
 namespace validated_loss::cpu {
@@ -109,9 +109,8 @@ class LaneGroupForward {
     const acc_t* rows = rows_at(first);
     alignas(64) acc_t buf[kLaneRowsMaxClasses * L];
     lane_group_transpose_in(rows, C_, buf);
-    // A plain max (no NaN fix-up) and exp without its NaN fix-up: valid because the group is only
-    // kept when the sum of its logits is finite (no NaN, no inf anywhere), where both are the same
-    // as lane_lse's NaN-propagating ones.
+    // A plain max (no NaN fix-up) and fast_math.h's exp: valid because the group is only kept
+    // when the sum of its logits is finite (no NaN, no inf anywhere).
     Vec m = Vec::loadu(buf), sum_x = m;
     for (int64_t c = 1; c < C_; ++c) {
       const Vec xc = Vec::loadu(buf + c * L);
@@ -120,7 +119,7 @@ class LaneGroupForward {
     }
     if (!all_finite(sum_x)) return false;
     Vec s(acc_t(0));
-    for (int64_t c = 0; c < C_; ++c) s = s + vexp<acc_t, false>(Vec::loadu(buf + c * L) - m);
+    for (int64_t c = 0; c < C_; ++c) s = s + exp_finite_row<ExpTail::kTinyForSums>(Vec::loadu(buf + c * L) - m);
     const RowLse<Vec> lse{m, s.log()};
     alignas(64) acc_t x_y[L], loss[L];
     for (int l = 0; l < L; ++l) x_y[l] = rows[l * C_ + y[l]];
@@ -206,7 +205,7 @@ inline void lane_group_grad_tiles(const acc_t* xrows, acc_t* grows, int64_t num_
         v[j] = Vec(acc_t(0));
         continue;
       }
-      const Vec p = vexp<acc_t, may_be_nan>((v[j] - vmax) - vlog_sum);
+      const Vec p = row_exp<may_be_nan, ExpTail::kZeroBelow>((v[j] - vmax) - vlog_sum);
       p.store(pbuf + (c0 + j) * L);
       v[j] = vks * p - vke;  // index_backward_packed_rows' expression, w_c = 1
     }
