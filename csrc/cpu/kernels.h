@@ -191,21 +191,12 @@ acc_t chunk_min(const acc_t* x, int64_t n) {
   return m;
 }
 
-// Asks for the next row's first chunk while this row is being computed on (from L1), so its
-// memory traffic overlaps the exp work: the hardware prefetcher alone left the forward's max
-// pass waiting on memory (at C = 1000 it took 40% of the forward, the exp pass 60%). Within a
-// row, SpreadPrefetch below does the same for the next chunk.
-template <typename scalar_t>
-void prefetch_chunk(const scalar_t* row, int64_t stride, int64_t c0, int64_t num_classes) {
-  if (stride != 1 || c0 >= num_classes) return;
-  const char* begin = reinterpret_cast<const char*>(row + c0);
-  const char* end = reinterpret_cast<const char*>(row + std::min(num_classes, c0 + kChunkElems));
-  for (const char* p = begin; p < end; p += 64) __builtin_prefetch(p);
-}
-
-// The next chunk's prefetch spread over the exp loop of this one, a few cache lines a step. Asked
-// all at once (prefetch_chunk), most requests found the core's few miss buffers busy: the float32
-// forward at 4096 x 32000 (2 threads, min of 9) took 32-36 ms that way, 24 ms spread.
+// The next chunk (or the next row's first) is prefetched while this one is worked on from L1, so
+// its memory traffic overlaps the exp work, and spread over the exp loop a few cache lines a
+// step. The hardware prefetcher alone left the forward's max pass waiting on memory (40% of the
+// forward at C = 1000); asked all at once, most requests found the core's few miss buffers busy:
+// the float32 forward at 4096 x 32000 (2 threads, min of 9) took 32-36 ms that way, 24 ms spread,
+// and at 65536 x 1000 (one chunk a row, the next row's) 17.5 -> 12.3 ms.
 struct SpreadPrefetch {
   const char* p = nullptr;
   const char* end = nullptr;
@@ -227,6 +218,16 @@ SpreadPrefetch spread_prefetch_chunk(const scalar_t* row, int64_t stride, int64_
   pf.end = reinterpret_cast<const char*>(row + std::min(num_classes, c0 + kChunkElems));
   pf.lines_per_step = ((pf.end - pf.p) / 64 + steps) / std::max<int64_t>(steps, 1);
   return pf;
+}
+
+// What to prefetch while chunk c0 of `row` is worked on: its next chunk, or after the last chunk
+// the first of `next_row` (nullptr: none).
+template <typename scalar_t>
+SpreadPrefetch spread_prefetch_next(const scalar_t* row, const scalar_t* next_row, int64_t stride, int64_t c0,
+                                    int64_t num_classes, int64_t steps) {
+  if (c0 + kChunkElems < num_classes) return spread_prefetch_chunk(row, stride, c0 + kChunkElems, num_classes, steps);
+  if (next_row == nullptr) return SpreadPrefetch{};
+  return spread_prefetch_chunk(next_row, stride, 0, num_classes, steps);
 }
 
 // sum_c exp(x_c - m); m is the chunk's max, so nothing overflows. Accumulators as in chunk_max.
@@ -484,7 +485,7 @@ struct RowScan {
 template <typename scalar_t, typename acc_t>
 RowScan<acc_t> scan_row(const scalar_t* x_row, int64_t x_stride, const scalar_t* q_row, int64_t q_stride,
                         int64_t num_classes, const acc_t* weight, bool with_swd, bool check_finite, acc_t* xbuf,
-                        acc_t* qbuf, acc_t cap = acc_t(0)) {
+                        acc_t* qbuf, acc_t cap = acc_t(0), const scalar_t* next_row = nullptr) {
   RowScan<acc_t> scan{lse_empty<acc_t>(), row_sums_zero<acc_t>(), acc_t(0), -1};
   if (num_classes == 0) return scan;
   const acc_t first = static_cast<acc_t>(x_row[0]);
@@ -494,8 +495,8 @@ RowScan<acc_t> scan_row(const scalar_t* x_row, int64_t x_stride, const scalar_t*
     const int64_t n = std::min(kChunkElems, num_classes - c0);
     acc_t m;
     const acc_t* xs = load_logits_with_max(x_row, x_stride, c0, n, xbuf, cap, m);
-    SpreadPrefetch pf = spread_prefetch_chunk(x_row, x_stride, c0 + kChunkElems, num_classes,
-                                              n / (kAccumulators * Vectorized<acc_t>::size()));
+    SpreadPrefetch pf = spread_prefetch_next(x_row, next_row, x_stride, c0, num_classes,
+                                             n / (kAccumulators * Vectorized<acc_t>::size()));
     if (m != -INFINITY) scan.lse = lse_combine(scan.lse, LseState<acc_t>{m, chunk_sum_exp(xs, n, m, &pf)});
     pf.finish();
     if (check_finite && scan.nonfinite_class < 0 && !(m - m == 0 && is_finite(chunk_min(xs, n)))) {
@@ -600,7 +601,7 @@ acc_t row_lse_grad(const GradScale& g, int64_t r) {
 template <typename scalar_t, typename acc_t>
 void index_grad_row(const scalar_t* row, int64_t x_stride, scalar_t* grow, int64_t g_stride,
                     const LossConstants<acc_t>& k, const acc_t* w, int64_t y, acc_t x_y, RowLse<acc_t> lse,
-                    acc_t scale, acc_t lse_grad, acc_t* xbuf, acc_t* gbuf) {
+                    acc_t scale, acc_t lse_grad, acc_t* xbuf, acc_t* gbuf, const scalar_t* next_row = nullptr) {
   const int64_t C = k.num_classes;
   const acc_t w_y = w ? w[y] : acc_t(1);
   const acc_t mass = index_row_mass(k, w_y);
@@ -608,7 +609,7 @@ void index_grad_row(const scalar_t* row, int64_t x_stride, scalar_t* grow, int64
   for (int64_t c0 = 0; c0 < C; c0 += kChunkElems) {
     const int64_t n = std::min(kChunkElems, C - c0);
     const acc_t* xs = load_logits(row, x_stride, c0, n, xbuf, k.softcap);
-    SpreadPrefetch pf = spread_prefetch_chunk(row, x_stride, c0 + kChunkElems, C, n / Vectorized<acc_t>::size());
+    SpreadPrefetch pf = spread_prefetch_next(row, next_row, x_stride, c0, C, n / Vectorized<acc_t>::size());
     acc_t* out = chunk_target(grow, g_stride, c0, gbuf);
     chunk_grad<acc_t>(out, xs, w ? w + c0 : nullptr, nullptr, n, lse, scale, mass, acc_t(0), smoothing_per_class(k),
                       extra, &pf);
@@ -879,11 +880,11 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
       alignas(64) acc_t gbuf[kChunkElems];
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* row = x + row_offset(g, r);
-        if (r + 1 < r1) prefetch_chunk(x + row_offset(g, r + 1), g.class_stride, 0, C);
+        const scalar_t* next_row = r + 1 < r1 ? x + row_offset(g, r + 1) : nullptr;  // prefetched during this one
         const RowResult res = finish_row(r, part, [&](int64_t y, RowLse<acc_t>& lse, acc_t& ref, acc_t& x_y,
                                                       RowSums<acc_t>& sums, ForwardTotals& p) {
           const RowScan<acc_t> scan = scan_row<scalar_t, acc_t>(row, g.class_stride, nullptr, 0, C, w, has_smoothing(k),
-                                                                out.check_finite, xbuf, nullptr, k.softcap);
+                                                                out.check_finite, xbuf, nullptr, k.softcap, next_row);
           note_nonfinite(p, r, scan.nonfinite_class);
           lse = row_lse(scan.lse);
           ref = scan.ref;
@@ -962,7 +963,7 @@ void index_backward_typed(const LogitsView& xv, const IndexTargets& t, const Los
     alignas(64) acc_t gbuf[kChunkElems];
     for (int64_t r = r0; r < r1; ++r) {
       scalar_t* grow = grad + row_offset(gout.geo, r);
-      if (r + 1 < r1) prefetch_chunk(x + row_offset(g, r + 1), g.class_stride, 0, C);
+      const scalar_t* next_row = r + 1 < r1 ? x + row_offset(g, r + 1) : nullptr;  // prefetched during this one
       const int64_t y = read_target(t, r);
       if (classify_target(y, C, t.ignore_index) != kTargetValid) {
         zero_row(grow, gout.geo.class_stride, C);
@@ -971,7 +972,7 @@ void index_backward_typed(const LogitsView& xv, const IndexTargets& t, const Los
       const scalar_t* row = x + row_offset(g, r);
       const acc_t x_y = loss_logit(k, static_cast<acc_t>(row[y * g.class_stride]));
       index_grad_row(row, g.class_stride, grow, gout.geo.class_stride, k, w, y, x_y, load_row_lse(lse, r),
-                     row_grad_scale<acc_t>(gs, r), row_lse_grad<acc_t>(gs, r), xbuf, gbuf);
+                     row_grad_scale<acc_t>(gs, r), row_lse_grad<acc_t>(gs, r), xbuf, gbuf, next_row);
     }
   });
 }
