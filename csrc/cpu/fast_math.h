@@ -1,6 +1,6 @@
-// exp of a non-positive argument, for the kernels' hot loops (kernels.h includes this file inside
-// its CPU_CAPABILITY namespace, so Vectorized has that capability's width; the DEFAULT build
-// runs the same code on its scalar Vectorized, so the tests cover the algorithm everywhere).
+// exp of a non-positive argument, for the kernels' hot loops. Included by kernels.h, once per CPU
+// capability: it lives in that capability's namespace, so Vectorized has its width; the DEFAULT
+// build runs the same code on its scalar Vectorized, so the tests cover the algorithm everywhere.
 //
 // The exps the loss takes on a row whose max is finite are of a logit minus that max or minus
 // the row's log-sum-exp: the argument is <= 0 or -inf, never NaN. Knowing that drops exp_u20's
@@ -13,6 +13,13 @@
 //
 //   e^d = 2^t = 2^n 2^f,  t = d log2(e),  n = round(t),  f = t - n,  2^n added to the exponent.
 #pragma once
+
+#include <ATen/cpu/vec/vec.h>
+
+namespace validated_loss::cpu {
+namespace CPU_CAPABILITY {
+
+using at::vec::Vectorized;
 
 // How arguments below kExpArgFloor (where 2^n would leave the normal floats and the exponent
 // arithmetic would wrap) come out:
@@ -44,3 +51,6 @@ Vectorized<float> exp_nonpositive(const Vectorized<float>& d) {
   if constexpr (tail == ExpTail::kZeroBelow) return e & (d >= floor);
   return e;
 }
+
+}  // namespace CPU_CAPABILITY
+}  // namespace validated_loss::cpu

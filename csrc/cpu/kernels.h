@@ -18,6 +18,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include "fast_math.h"
 #include "kernel_api.h"
 
 namespace validated_loss::cpu {
@@ -27,8 +28,6 @@ using at::vec::Vectorized;
 
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
-#include "fast_math.h"
 
 constexpr int64_t kChunkElems = 2048;  // 8 KiB of float: stays in L1 while it is worked on
 
@@ -254,7 +253,7 @@ acc_t chunk_sum_exp_impl(const acc_t* x, int64_t n, acc_t m, SpreadPrefetch* pf)
 
 // A finite max (NaN-propagating) means no NaN and no +inf in the chunk.
 template <typename acc_t>
-acc_t chunk_sum_exp(const acc_t* x, int64_t n, acc_t m, SpreadPrefetch* pf = nullptr) {
+acc_t chunk_sum_exp(const acc_t* x, int64_t n, acc_t m, SpreadPrefetch* pf) {
   return is_finite(m) ? chunk_sum_exp_impl<false>(x, n, m, pf) : chunk_sum_exp_impl<true>(x, n, m, pf);
 }
 
@@ -716,6 +715,15 @@ void store_span(scalar_t* p, int64_t n, const acc_t* values) {
   }
 }
 
+// Makes `buf` hold a block of n packed-row values, then `padded` zeros: whole-vector reads of the
+// block's last row run past its end. `xs` is load_chunk's result for the block (`buf` itself when
+// it widened them, else the tensor).
+template <typename acc_t>
+void fill_padded_block(const acc_t* xs, int64_t n, int64_t padded, acc_t* buf) {
+  if (xs != buf) std::memcpy(buf, xs, n * sizeof(acc_t));
+  std::fill(buf + n, buf + n + padded, acc_t(0));
+}
+
 }  // namespace CPU_CAPABILITY
 }  // namespace validated_loss::cpu
 #include "small_rows.h"  // the common case of packed short rows, L rows at a time
@@ -757,8 +765,7 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
       // past the block's end would leave the tensor, or the gradient overlaps them.
       const bool read_in_place = xs != xbuf && !has_softcap(k) && !overlapping && (r0 + rows) * C + padded <= N * C;
       if (!read_in_place) {
-        if (xs != xbuf) std::memcpy(xbuf, xs, n * sizeof(acc_t));
-        std::fill(xbuf + n, xbuf + n + padded, acc_t(0));
+        fill_padded_block(xs, n, padded, xbuf);
         if (has_softcap(k)) chunk_softcap(xbuf, xbuf, n + padded, k.softcap);
         xs = xbuf;
       }

@@ -1,8 +1,8 @@
 // Small class counts, packed rows (a contiguous (N, C) tensor with C <= kLaneRowsMaxClasses): the
 // common case of a group of L = Vectorized<acc_t>::size() consecutive rows, done whole in vectors.
 //
-// Included by kernels.h (after the helpers it uses: vexp, row_exp, read_target, store_row_loss, load_chunk,
-// kLaneRowsMaxClasses), not on its own.
+// Included by kernels.h (after the helpers it uses: row_exp, exp_finite_row, read_target,
+// store_row_loss, load_chunk, fill_padded_block, kLaneRowsMaxClasses), not on its own.
 //
 // Why: the rows-in-lanes kernels spend most of a short row on scalar work, ~20 scalar moves to
 // gather it into the lanes and ~30-40 instructions of per-row bookkeeping. Here L rows that lie
@@ -157,9 +157,7 @@ class LaneGroupForward {
       win_first_ = first;
       win_rows_ = std::min(window_rows_, end_ - first);
       const int64_t n = win_rows_ * C_;
-      const acc_t* src = load_chunk(x_ + first * C_, 1, 0, n, window_);
-      if (src != window_) std::memcpy(window_, src, n * sizeof(acc_t));
-      std::fill(window_ + n, window_ + n + padded_, acc_t(0));
+      fill_padded_block(load_chunk(x_ + first * C_, 1, 0, n, window_), n, padded_, window_);
     }
     return window_ + (first - win_first_) * C_;
   }
