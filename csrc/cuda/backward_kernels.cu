@@ -5,6 +5,7 @@
 #include "../xent_row.h"
 #include "dtypes.cuh"
 #include "kernel_api.h"
+#include "launch.cuh"
 #include "kernel_common.cuh"
 #include "launch_plan.h"
 #include "row_ops.h"
@@ -154,7 +155,7 @@ cudaError_t index_backward_launch(const IndexBackward& a, cudaStream_t stream) {
   if (plan.grid == 0) return cudaSuccess;
   return dispatch_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
-    index_backward_kernel<T><<<dim3(static_cast<unsigned>(plan.grid)), kThreads, 0, stream>>>(a, plan);
+    VL_LAUNCH(dim3(static_cast<unsigned>(plan.grid)), kThreads, 0, stream, index_backward_kernel<T>)(a, plan);
     return cudaGetLastError();
   });
 }
@@ -166,9 +167,9 @@ cudaError_t prob_backward_launch(const ProbBackward& a, cudaStream_t stream) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(plan.grid));
     if (plan.mapping == kBlockRow) {
-      prob_backward_kernel<T, kBlockRow><<<grid, kThreads, 0, stream>>>(a, plan);
+      VL_LAUNCH(grid, kThreads, 0, stream, prob_backward_kernel<T, kBlockRow>)(a, plan);
     } else {
-      prob_backward_kernel<T, kTeamRows><<<grid, kThreads, 0, stream>>>(a, plan);
+      VL_LAUNCH(grid, kThreads, 0, stream, prob_backward_kernel<T, kTeamRows>)(a, plan);
     }
     return cudaGetLastError();
   });

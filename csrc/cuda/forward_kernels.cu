@@ -5,6 +5,7 @@
 #include "../xent_row.h"
 #include "dtypes.cuh"
 #include "kernel_api.h"
+#include "launch.cuh"
 #include "kernel_common.cuh"
 #include "launch_plan.h"
 #include "row_ops.h"
@@ -86,9 +87,9 @@ cudaError_t launch_forward(const ForwardArgs& f, const IndexTargetArgs& t, const
       using T = decltype(tag);
       const dim3 grid(static_cast<unsigned>(plan.grid));
       if (plan.mapping == kBlockRow) {
-        forward_kernel<T, kBlockRow, kProb><<<grid, kThreads, 0, stream>>>(f, t, q, plan);
+        VL_LAUNCH(grid, kThreads, 0, stream, forward_kernel<T, kBlockRow, kProb>)(f, t, q, plan);
       } else {
-        forward_kernel<T, kTeamRows, kProb><<<grid, kThreads, 0, stream>>>(f, t, q, plan);
+        VL_LAUNCH(grid, kThreads, 0, stream, forward_kernel<T, kTeamRows, kProb>)(f, t, q, plan);
       }
       return cudaGetLastError();
     });

@@ -7,6 +7,7 @@
 #include "../xent_row.h"
 #include "dtypes.cuh"
 #include "kernel_api.h"
+#include "launch.cuh"
 #include "launch_plan.h"
 #include "row_scan.h"
 #include "team_reduce.cuh"
@@ -71,10 +72,10 @@ int64_t forward_workspace_bytes(DType dtype, const RowIndexer& x) {
 
 cudaError_t weight_sum_launch(DType dtype, const void* w, int64_t num_classes, void* out, cudaStream_t stream) {
   if (dtype == DType::kDouble) {
-    weight_sum_kernel<double><<<1, kThreads, 0, stream>>>(static_cast<const double*>(w), num_classes,
+    VL_LAUNCH(1, kThreads, 0, stream, weight_sum_kernel<double>)(static_cast<const double*>(w), num_classes,
                                                            static_cast<double*>(out));
   } else {
-    weight_sum_kernel<float><<<1, kThreads, 0, stream>>>(static_cast<const float*>(w), num_classes,
+    VL_LAUNCH(1, kThreads, 0, stream, weight_sum_kernel<float>)(static_cast<const float*>(w), num_classes,
                                                          static_cast<float*>(out));
   }
   return cudaGetLastError();
@@ -84,7 +85,7 @@ cudaError_t finalize_launch(const ForwardArgs& f, int64_t num_blocks, bool mean_
                             cudaStream_t stream) {
   return dispatch_dtype(f.dtype, [&](auto tag) {
     using T = decltype(tag);
-    finalize_kernel<T><<<1, kThreads, 0, stream>>>(
+    VL_LAUNCH(1, kThreads, 0, stream, finalize_kernel<T>)(
         static_cast<const BlockTotals*>(f.workspace), num_blocks, f.loss_out, f.loss_acc,
         static_cast<acc_of<T>*>(f.total_weight_out), f.status, f.reduction, mean_over_rows,
         static_cast<double>(num_rows));

@@ -2,6 +2,7 @@
 // (status_slot.h says how the slot is shared). One thread: six words.
 #include "../status_slot.h"
 #include "kernel_api.h"
+#include "launch.cuh"
 
 namespace validated_loss::cuda {
 namespace {
@@ -13,7 +14,7 @@ __global__ void publish_status_kernel(const int64_t* status, int64_t* slot) {
 }  // namespace
 
 cudaError_t publish_status_launch(const int64_t* status, int64_t* slot, cudaStream_t stream) {
-  publish_status_kernel<<<1, 1, 0, stream>>>(status, slot);
+  VL_LAUNCH(1, 1, 0, stream, publish_status_kernel)(status, slot);
   return cudaGetLastError();
 }
 
