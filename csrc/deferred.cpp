@@ -67,6 +67,7 @@ void raise_deferred_errors() {
 
 namespace {
 
+#if !defined(VALIDATED_LOSS_CUDA_EMU)
 // A status record computed on the CPU (linear_cross_entropy's target check of a CPU target in
 // tests, or any host-made record): it has landed already.
 void deferred_submit_cpu(const at::Tensor& status, c10::SymIntArrayRef target_shape, int64_t num_classes,
@@ -81,12 +82,15 @@ void deferred_submit_cpu(const at::Tensor& status, c10::SymIntArrayRef target_sh
                                     new_call_site(C10_AS_INTARRAYREF_SLOW(target_shape), num_classes, ignore_index,
                                                   C10_AS_INTARRAYREF_SLOW(logits_shape), std::move(origin))});
 }
+#endif
 
 }  // namespace
 
+#if !defined(VALIDATED_LOSS_CUDA_EMU)  // the emulated-CUDA build serves CPU tensors with cuda/deferred.cu's
 TORCH_LIBRARY_IMPL(validated_loss, CPU, m) {
   m.impl("deferred_submit", &deferred_submit_cpu);
 }
+#endif
 
 // No tensor argument: one kernel for every backend.
 TORCH_LIBRARY_IMPL(validated_loss, CompositeExplicitAutograd, m) {

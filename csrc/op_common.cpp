@@ -9,6 +9,7 @@
 #include <ATen/ops/full.h>
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
+#include <torch/library.h>
 
 #include "python_errors.h"
 #include "status.h"
@@ -184,6 +185,25 @@ void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64
                                    "clipping), float16 overflow without loss scaling, or NaN in the inputs.",
                                    note));
   }
+}
+
+namespace {
+
+// The status record is on the host for every caller (the CUDA ops copy it there first): one CPU
+// kernel, shared by every build.
+void raise_for_status_cpu(const at::Tensor& status, c10::SymIntArrayRef target_shape, int64_t num_classes,
+                          int64_t ignore_index, c10::SymIntArrayRef logits_shape) {
+  TORCH_CHECK(status.numel() == kStatusSize && status.scalar_type() == at::kLong,
+              "validated_loss: a status record is int64[", kStatusSize, "]");
+  const at::Tensor s = status.contiguous();
+  raise_for_status(s.const_data_ptr<int64_t>(), C10_AS_INTARRAYREF_SLOW(target_shape), num_classes, ignore_index,
+                   C10_AS_INTARRAYREF_SLOW(logits_shape));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(validated_loss, CPU, m) {
+  m.impl("raise_for_status", &raise_for_status_cpu);
 }
 
 }  // namespace validated_loss

@@ -13,7 +13,7 @@ import traceback
 
 import torch
 
-from . import _C
+from ._library import _C
 from ._ops import ops
 
 # validate= as the ops take it (csrc/ops.cpp); functional and linear use these names.

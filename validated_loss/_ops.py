@@ -9,7 +9,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from . import _C  # noqa: F401  (loading the library registers torch.ops.validated_loss)
+from ._library import _C  # noqa: F401  (loading the library registers torch.ops.validated_loss)
 from ._status import STATUS_SIZE
 
 ops = torch.ops.validated_loss

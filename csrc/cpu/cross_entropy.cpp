@@ -253,14 +253,6 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cpu(const Tensor& grad_loss, c
   return {grad_x, grad_q};
 }
 
-void raise_for_status_cpu(const Tensor& status, c10::SymIntArrayRef target_shape, int64_t num_classes,
-                          int64_t ignore_index, c10::SymIntArrayRef logits_shape) {
-  TORCH_CHECK(status.numel() == kStatusSize && status.scalar_type() == at::kLong,
-              "validated_loss: a status record is int64[", kStatusSize, "]");
-  const Tensor s = status.contiguous();
-  raise_for_status(s.const_data_ptr<int64_t>(), C10_AS_INTARRAYREF_SLOW(target_shape), num_classes, ignore_index,
-                   C10_AS_INTARRAYREF_SLOW(logits_shape));
-}
 
 }  // namespace
 
@@ -271,7 +263,6 @@ TORCH_LIBRARY_IMPL(validated_loss, CPU, m) {
   m.impl("cross_entropy_fwd_grad", &cross_entropy_fwd_grad_cpu);
   m.impl("cross_entropy_prob_fwd", &cross_entropy_prob_fwd_cpu);
   m.impl("cross_entropy_prob_bwd", &cross_entropy_prob_bwd_cpu);
-  m.impl("raise_for_status", &raise_for_status_cpu);
 }
 
 }  // namespace validated_loss::cpu

@@ -5,19 +5,16 @@
 // (check_earlier_calls), so deferred errors surface at the next call or backward even when no
 // Python runs around the op (torch.compile).
 #include <ATen/core/Tensor.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/ones.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "../deferred.h"
 #include "../op_common.h"
 #include "../status.h"
 #include "deferred_cuda.h"
+#include "device_runtime.h"
 #include "kernel_api.h"
 
 namespace validated_loss::cuda {
@@ -63,7 +60,7 @@ Weights weights_of(const std::optional<Tensor>& weight, at::ScalarType acc, cuda
   r.w = weights_for_kernel(weight, acc);
   if (r.w.defined()) {
     r.sum = at::empty({}, r.w.options());
-    C10_CUDA_CHECK(weight_sum_launch(acc == at::kDouble ? DType::kDouble : DType::kFloat, r.w.const_data_ptr(),
+    VL_CUDA_CHECK(weight_sum_launch(acc == at::kDouble ? DType::kDouble : DType::kFloat, r.w.const_data_ptr(),
                                      r.w.numel(), r.sum.mutable_data_ptr(), stream));
   }
   return r;
@@ -152,7 +149,7 @@ IndexForwardOut index_forward(const Tensor& logits, const Tensor& target, const 
   a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, o.loss, o.lse, workspace,
                      o.total_weight, o.status, z_scale, softcap);
   a.t = IndexTargetArgs{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
-  C10_CUDA_CHECK(index_forward_launch(a, stream));
+  VL_CUDA_CHECK(index_forward_launch(a, stream));
   return o;
 }
 
@@ -175,7 +172,7 @@ void index_backward(const ScaleHolder& scale, const Tensor& logits, const Tensor
   a.lse_grad = data_or_null(lse_grad);
   a.scale = scale.args;
   a.grad = mutable_view_of(grad);
-  C10_CUDA_CHECK(index_backward_launch(a, stream));
+  VL_CUDA_CHECK(index_backward_launch(a, stream));
 }
 
 // The per-row lse gradient in the accumulate dtype on the logits' device, or undefined.
@@ -195,8 +192,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& 
   check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
   TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
               validate);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(logits.device());
+  const cudaStream_t stream = current_stream();
   check_earlier_calls(stream);
   const Weights w = weights_of(weight, accumulate_dtype(logits.scalar_type()), stream);
   const IndexForwardOut o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
@@ -214,8 +211,8 @@ Tensor index_backward_op(const Tensor& grad_loss, const Tensor& logits, const Te
                          double softcap, const std::optional<Tensor>& grad_lse, bool in_place) {
   check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
   if (in_place) check_in_place_gradient(logits);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(logits.device());
+  const cudaStream_t stream = current_stream();
   check_earlier_calls(stream);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Weights w = weights_of(weight, acc, stream);
@@ -258,8 +255,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
   TORCH_CHECK(reduction != kReductionMean, "validated_loss: cross_entropy_fwd_grad takes reduction 'none' or 'sum'");
   TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
               validate);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(logits.device());
+  const cudaStream_t stream = current_stream();
   // No check of earlier calls here: linear_cross_entropy's chunk steps belong to one call, whose
   // Python entry has checked (a check here would raise that same call's own queued error mid-loop).
   const auto acc = accumulate_dtype(logits.scalar_type());
@@ -285,8 +282,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& log
                                                                bool check_finite, bool acc_loss) {
   std::string origin = take_call_origin();  // set by the Python layer for this call, if it named it
   check_prob_op_args(logits, target, weight, reduction);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(logits.device());
+  const cudaStream_t stream = current_stream();
   check_earlier_calls(stream);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Weights w = weights_of(weight, acc, stream);
@@ -301,7 +298,7 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& log
   ProbForward a{};
   a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, loss, lse, workspace, Tensor(), status);
   a.q = view_of(target);
-  C10_CUDA_CHECK(prob_forward_launch(a, stream));
+  VL_CUDA_CHECK(prob_forward_launch(a, stream));
   // Probability targets have no value to validate; only check_finite can fill the status (the
   // schema has no validate argument: check_finite=True implies 'sync').
   report_status(check_finite ? 1 : 0, status, stream, target.sizes(), x.ix.num_classes, -100, logits.sizes(),
@@ -314,8 +311,8 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cuda(const Tensor& grad_loss, 
                                                        const Tensor& lse, int64_t reduction, double label_smoothing,
                                                        bool target_grad) {
   check_prob_op_args(logits, target, weight, reduction);
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(logits.device());
+  const cudaStream_t stream = current_stream();
   check_earlier_calls(stream);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Weights w = weights_of(weight, acc, stream);
@@ -336,13 +333,13 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cuda(const Tensor& grad_loss, 
   a.scale = scale.args;
   a.grad = mutable_view_of(grad_x);
   a.grad_target = target_grad ? mutable_view_of(grad_q) : MutableView{nullptr, {}};
-  C10_CUDA_CHECK(prob_backward_launch(a, stream));
+  VL_CUDA_CHECK(prob_backward_launch(a, stream));
   return {grad_x, grad_q};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(validated_loss, CUDA, m) {
+TORCH_LIBRARY_IMPL(validated_loss, VL_CUDA_DISPATCH_KEY, m) {
   m.impl("cross_entropy_fwd", &cross_entropy_fwd_cuda);
   m.impl("cross_entropy_bwd", &cross_entropy_bwd_cuda);
   m.impl("cross_entropy_bwd_", &cross_entropy_bwd__cuda);

@@ -11,32 +11,27 @@
 #include <utility>
 #include <vector>
 
-#include <ATen/cuda/CUDAContext.h>
-#include <ATen/ops/empty.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAFunctions.h>
-#include <c10/cuda/CUDAGraphsC10Utils.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "../deferred.h"
 #include "../op_common.h"
 #include "../status.h"
 #include "../status_slot.h"
+#include "device_runtime.h"
 #include "kernel_api.h"
 
 namespace validated_loss::cuda {
 namespace {
 
 bool current_stream_capturing() {
-  return capturing(at::cuda::getCurrentCUDAStream());
+  return capturing(current_stream());
 }
 
 // validate=1 outside a capture: the one wait of 'sync'.
 void raise_now(const at::Tensor& status, cudaStream_t stream, at::IntArrayRef target_sizes, int64_t num_classes,
                int64_t ignore_index, at::IntArrayRef logits_sizes) {
   int64_t host[kStatusSize];
-  c10::cuda::memcpy_and_sync(host, status.const_data_ptr(), sizeof(host), cudaMemcpyDeviceToHost, stream);
+  copy_to_host_and_sync(host, status.const_data_ptr(), sizeof(host), stream);
   raise_for_status(host, target_sizes, num_classes, ignore_index, logits_sizes);
 }
 
@@ -44,13 +39,13 @@ void raise_now(const at::Tensor& status, cudaStream_t stream, at::IntArrayRef ta
 class CopyEvent {
  public:
   explicit CopyEvent(cudaStream_t stream) {
-    C10_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
-    C10_CUDA_CHECK(cudaEventRecord(event_, stream));
+    VL_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming));
+    VL_CUDA_CHECK(cudaEventRecord(event_, stream));
   }
   CopyEvent(const CopyEvent&) = delete;
   CopyEvent& operator=(const CopyEvent&) = delete;
   ~CopyEvent() {
-    C10_CUDA_CHECK_WARN(cudaEventDestroy(event_));  // does not wait for the event
+    VL_CUDA_CHECK_WARN(cudaEventDestroy(event_));  // does not wait for the event
   }
   // Never waits. Querying an event is illegal while this thread's stream is being captured:
   // "not yet" then.
@@ -61,7 +56,7 @@ class CopyEvent {
       (void)cudaGetLastError();  // not an error: clear it
       return false;
     }
-    C10_CUDA_CHECK(state);
+    VL_CUDA_CHECK(state);
     return true;
   }
 
@@ -73,7 +68,7 @@ class CopyEvent {
 // behind it. torch's copy_ records its use of the pinned block, so dropping the entry before the
 // copy lands is safe.
 void queue_copy(const at::Tensor& status, cudaStream_t stream, CallSite site) {
-  at::Tensor host = at::empty({kStatusSize}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  at::Tensor host = pinned_status_buffer(kStatusSize);
   host.copy_(status, /*non_blocking=*/true);
   auto copied = std::make_shared<CopyEvent>(stream);
   status_queue().push(PendingStatus{
@@ -89,10 +84,10 @@ void queue_copy(const at::Tensor& status, cudaStream_t stream, CallSite site) {
 constexpr int kSlotsPerChunk = 64;
 
 void add_slot_chunk() {
-  const c10::cuda::CUDAStreamCaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
+  const CaptureModeGuard relaxed(cudaStreamCaptureModeRelaxed);
   const size_t bytes = size_t{kSlotsPerChunk} * kSlotWords * sizeof(int64_t);
   void* host = nullptr;
-  C10_CUDA_CHECK(cudaHostAlloc(&host, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
+  VL_CUDA_CHECK(cudaHostAlloc(&host, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
   std::memset(host, 0, bytes);
   void* device = nullptr;
   if (cudaHostGetDevicePointer(&device, host, 0) != cudaSuccess) {
@@ -137,12 +132,12 @@ void tie_to_graph(cudaGraph_t graph, AliveFlag alive) {
   const cudaError_t created = cudaUserObjectCreate(&object, holder, &graph_released, 1, cudaUserObjectNoDestructorSync);
   if (created != cudaSuccess) {
     graph_released(holder);  // never tied: no replay will write the slot
-    C10_CUDA_CHECK(created);
+    VL_CUDA_CHECK(created);
   }
   const cudaError_t retained = cudaGraphRetainUserObject(graph, object, 1, cudaGraphUserObjectMove);
   if (retained != cudaSuccess) {
     (void)cudaUserObjectRelease(object, 1);  // runs graph_released: the flag drops, the slot is recycled
-    C10_CUDA_CHECK(retained);
+    VL_CUDA_CHECK(retained);
   }
 }
 
@@ -151,7 +146,7 @@ void tie_to_graph(cudaGraph_t graph, AliveFlag alive) {
 void publish_in_graph(const at::Tensor& status, cudaStream_t stream, CallSite site) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   cudaGraph_t graph = nullptr;
-  C10_CUDA_CHECK(cudaStreamGetCaptureInfo(stream, &capture, nullptr, &graph));
+  VL_CUDA_CHECK(cudaStreamGetCaptureInfo(stream, &capture, nullptr, &graph));
   if (capture != cudaStreamCaptureStatusActive || graph == nullptr) return;  // an invalidated capture fails anyway
   const SlotRef slot = free_slot();
   auto alive = std::make_shared<std::atomic<bool>>(true);
@@ -159,7 +154,7 @@ void publish_in_graph(const at::Tensor& status, cudaStream_t stream, CallSite si
   // recycled at the next check.
   graph_slots().watch(GraphSite{slot, alive, std::move(site)});
   tie_to_graph(graph, std::move(alive));
-  C10_CUDA_CHECK(publish_status_launch(status.const_data_ptr<int64_t>(), slot.device, stream));
+  VL_CUDA_CHECK(publish_status_launch(status.const_data_ptr<int64_t>(), slot.device, stream));
 }
 
 // deferred_submit for a record on the GPU (linear_cross_entropy's whole-target check): 'deferred'.
@@ -168,8 +163,8 @@ void deferred_submit_cuda(const at::Tensor& status, c10::SymIntArrayRef target_s
   std::string origin = take_call_origin();
   TORCH_CHECK(status.numel() == kStatusSize && status.scalar_type() == at::kLong,
               "validated_loss: a status record is int64[", kStatusSize, "]");
-  const c10::cuda::CUDAGuard guard(status.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const DeviceGuard guard(status.device());
+  const cudaStream_t stream = current_stream();
   report_status(2, status.contiguous(), stream, C10_AS_INTARRAYREF_SLOW(target_shape), num_classes, ignore_index,
                 C10_AS_INTARRAYREF_SLOW(logits_shape), std::move(origin));
 }
@@ -178,7 +173,7 @@ void deferred_submit_cuda(const at::Tensor& status, c10::SymIntArrayRef target_s
 
 bool capturing(cudaStream_t stream) {
   cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-  C10_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+  VL_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
   return status != cudaStreamCaptureStatusNone;
 }
 
@@ -204,7 +199,7 @@ void report_status(int64_t validate, const at::Tensor& status, cudaStream_t stre
   }
 }
 
-TORCH_LIBRARY_IMPL(validated_loss, CUDA, m) {
+TORCH_LIBRARY_IMPL(validated_loss, VL_CUDA_DISPATCH_KEY, m) {
   m.impl("deferred_submit", &deferred_submit_cuda);
 }
 

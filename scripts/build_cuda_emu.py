@@ -1,0 +1,71 @@
+"""Builds the emulated-CUDA library: validated_loss._C with csrc/cuda/*.cu compiled as host C++
+against csrc/cuda_emu, registered for CPU tensors (see validated_loss/_library.py).
+
+    python scripts/build_cuda_emu.py [--out build/cuda-emu/plain] [--sanitize] [--csrc DIR]
+
+Prints the path of the built library. --sanitize builds with AddressSanitizer and
+UndefinedBehaviorSanitizer; --csrc builds another copy of the sources (the deliberately broken
+kernels of scripts/cuda_emu_mutants.py). Incremental: ninja rebuilds only what changed.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from setuptools import setup
+from torch.utils import cpp_extension
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The host code every build shares, the CUDA ops and kernels, the emulation.
+HOST_SOURCES = ["ops.cpp", "op_common.cpp", "python_errors.cpp", "deferred_queue.cpp", "graph_slots.cpp",
+                "deferred.cpp", "deferred_python.cpp", "cpu/gradient_buffer.cpp"]
+EMU_SOURCES = ["cuda_emu/block_run.cpp", "cuda_emu/fiber.cpp", "cuda_emu/runtime.cpp", "cuda_emu/emu_ops.cpp"]
+
+
+def wrapper_sources(csrc, out):
+    """The .cu files as .cpp translation units (setuptools sends .cu to nvcc): one file each that
+    includes the original, rewritten only when its text changes so ninja keeps what is built."""
+    wrappers = out / "cu_as_cpp"
+    wrappers.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for cu in sorted((csrc / "cuda").glob("*.cu")):
+        path = wrappers / (cu.stem + ".cpp")
+        text = f'#include "{cu}"\n'
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        paths.append(str(path))
+    return paths
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--csrc", type=Path, default=ROOT / "csrc")
+    parser.add_argument("--sanitize", action="store_true")
+    args = parser.parse_args()
+    out = (args.out or ROOT / "build" / "cuda-emu" / ("sanitize" if args.sanitize else "plain")).resolve()
+    csrc = args.csrc.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    flags = ["-O2", "-g1", "-Wall", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized",
+             f"-include{csrc / 'cuda_emu' / 'prelude.h'}", f"-I{csrc / 'cuda_emu' / 'include'}"]
+    link = ["-lpthread"]
+    if args.sanitize:
+        sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
+        flags = [f for f in flags if f != "-O2"] + ["-O1"] + sanitize
+        link += sanitize
+    sources = [str(csrc / s) for s in HOST_SOURCES + EMU_SOURCES] + wrapper_sources(csrc, out)
+    ext = cpp_extension.CppExtension("_C", sources, include_dirs=[str(csrc)], extra_compile_args={"cxx": flags},
+                                     extra_link_args=link)
+    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 2))
+    setup(name="validated_loss_cuda_emu", ext_modules=[ext], script_args=[
+        "-q", "build_ext", "--build-lib", str(out), "--build-temp", str(out / "temp")],
+        cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)})
+    library = next(out.glob("_C*.so"))
+    print(library)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""Loads the compiled library: validated_loss._C, or the build named by VALIDATED_LOSS_C_LIBRARY.
+
+The second is how the tests run the CUDA kernels on a machine without a GPU: `make test-cuda-emu`
+builds the same library with csrc/cuda/*.cu compiled as host C++ against the project's CUDA
+emulation (csrc/cuda_emu), registered for CPU tensors, and points this variable at it. Loading it
+under the name validated_loss._C means every module of the package uses it unchanged.
+"""
+
+import importlib.util
+import os
+import sys
+
+_path = os.environ.get("VALIDATED_LOSS_C_LIBRARY")
+if _path:
+    _spec = importlib.util.spec_from_file_location(f"{__package__}._C", _path)
+    _C = importlib.util.module_from_spec(_spec)
+    sys.modules[_spec.name] = _C
+    _spec.loader.exec_module(_C)
+else:
+    from . import _C  # noqa: F401
+
+EMULATED_CUDA = bool(_path)
