@@ -8,7 +8,7 @@ DEPS := $(VENV)/.deps-installed
 TORCH_SPEC ?= torch==2.13.0
 TEST_DEPS := numpy hypothesis pytest ninja matplotlib tqdm expecttest setuptools wheel
 
-.PHONY: build test test-isa bench bench-full cuda-check asan clean
+.PHONY: build test test-isa bench bench-full cuda-check asan test-cuda-emu test-cuda-emu-mutants clean
 
 $(DEPS): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +56,25 @@ asan: $(DEPS)
 	cd $(ASAN_TREE) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 		ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:abort_on_error=1 \
 		$(CURDIR)/$(PY) -m pytest $(ASAN_TESTS) -p no:cacheprovider -x -m "not slow"
+
+# The CUDA kernels executed on the CPU: csrc/cuda/*.cu compiled a second time as host C++ against
+# the project's CUDA emulation (csrc/cuda_emu), loaded in place of validated_loss._C for CPU tensors
+# (validated_loss/_library.py), and run through the public API: the emulation layer's self-test,
+# the GPU grid (tests/cuda_grid.py) under seeded random schedules, then a reduced grid with the
+# library built under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-cuda-emu: $(DEPS)
+	$(PY) -m pytest tests/test_cuda_emu_layer.py -p no:cacheprovider
+	$(PY) scripts/build_cuda_emu.py
+	VALIDATED_LOSS_C_LIBRARY=$$(ls build/cuda-emu/plain/_C*.so) $(PY) -m pytest tests/test_cuda_emu.py -p no:cacheprovider
+	$(PY) scripts/build_cuda_emu.py --sanitize
+	VALIDATED_LOSS_C_LIBRARY=$$(ls build/cuda-emu/sanitize/_C*.so) VL_CUDA_EMU_REDUCED=1 \
+		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
+		ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:abort_on_error=1 \
+		$(PY) -m pytest tests/test_cuda_emu.py -p no:cacheprovider -x
+
+# Each deliberately broken kernel of scripts/cuda_emu_mutants.py must make the emulated suite fail.
+test-cuda-emu-mutants: $(DEPS)
+	$(PY) scripts/cuda_emu_mutants.py
 
 clean:
 	rm -rf build validated_loss/_C*.so validated_loss/_build_info.py

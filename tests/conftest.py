@@ -324,3 +324,11 @@ def place(values, perm, steps, offsets):
     view = logical[tuple(slice(o, o + n * s, s) for o, n, s in zip(offsets, values.shape, steps))]
     view.copy_(values)
     return view
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Under the emulated CUDA build (make test-cuda-emu): which kernels ran, how often."""
+    from validated_loss import _library
+
+    if _library.EMULATED_CUDA:
+        terminalreporter.write_line(f"emulated CUDA kernel launches: {torch.ops.validated_loss_emu.launch_counts()}")

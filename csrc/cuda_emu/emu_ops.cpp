@@ -2,10 +2,13 @@
 // ops' host code against the emulated runtime: stream capture into a graph and its replay (what
 // torch.cuda.graph does on a GPU), events that report "not ready" for a while, and the count of
 // kernel launches by kernel.
+#include <cstring>
 #include <map>
+#include <vector>
 #include <mutex>
 #include <string>
 
+#include <c10/core/CPUAllocator.h>
 #include <torch/library.h>
 
 #include "runtime.h"
@@ -20,6 +23,46 @@ std::map<int64_t, cudaGraphExec_t>& graphs() {
 }
 cudaStream_t capture_stream = nullptr;
 
+// What torch's private graph memory pool does on a GPU: memory allocated during a capture stays
+// reserved while a graph may replay into it. Here tensors are CPU tensors, so during a capture the
+// CPU allocator is swapped for one whose frees are held back until no graph is left.
+std::mutex held_mutex;
+std::vector<c10::DataPtr*>& held_back() {
+  static std::vector<c10::DataPtr*> h;
+  return h;
+}
+bool graphs_alive();
+
+struct CaptureAllocator final : c10::Allocator {
+  c10::Allocator* base = nullptr;
+  c10::DataPtr allocate(size_t n) override {
+    auto* inner = new c10::DataPtr(base->allocate(n));
+    void* data = inner->get();
+    return {data, inner, &release, c10::Device(c10::DeviceType::CPU)};
+  }
+  static void release(void* ctx) {
+    auto* inner = static_cast<c10::DataPtr*>(ctx);
+    std::lock_guard<std::mutex> lock(held_mutex);
+    if (graphs_alive()) {
+      held_back().push_back(inner);
+    } else {
+      delete inner;
+    }
+  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+};
+CaptureAllocator capture_allocator;
+c10::Allocator* allocator_before_capture = nullptr;
+
+void free_held_back() {
+  std::vector<c10::DataPtr*> held;
+  {
+    std::lock_guard<std::mutex> lock(held_mutex);
+    held.swap(held_back());
+  }
+  for (c10::DataPtr* p : held) delete p;
+}
+
 void check(cudaError_t e, const char* what) {
   TORCH_CHECK(e == cudaSuccess, "CUDA error (emulated) in ", what, ": ", cudaGetErrorString(e));
 }
@@ -28,6 +71,9 @@ void check(cudaError_t e, const char* what) {
 // (0 global, 1 thread-local, 2 relaxed), as torch.cuda.graph's capture does.
 void begin_capture(int64_t mode) {
   TORCH_CHECK(capture_stream == nullptr, "validated_loss_emu: a capture is already running");
+  allocator_before_capture = c10::GetCPUAllocator();
+  capture_allocator.base = allocator_before_capture;
+  c10::SetCPUAllocator(&capture_allocator, /*priority=*/255);  // the highest: set and restore always win
   check(cudaStreamCreate(&capture_stream), "cudaStreamCreate");
   check(cudaStreamBeginCapture(capture_stream, static_cast<cudaStreamCaptureMode>(mode)), "cudaStreamBeginCapture");
   set_current_stream(capture_stream);
@@ -39,6 +85,7 @@ int64_t end_capture() {
   cudaGraph_t graph = nullptr;
   const cudaError_t ended = cudaStreamEndCapture(capture_stream, &graph);
   set_current_stream(nullptr);
+  c10::SetCPUAllocator(allocator_before_capture, /*priority=*/255);
   cudaStreamDestroy(capture_stream);
   capture_stream = nullptr;
   check(ended, "cudaStreamEndCapture");
@@ -62,6 +109,11 @@ void destroy_graph(int64_t id) {
   TORCH_CHECK(graphs().count(id), "validated_loss_emu: no graph ", id);
   check(cudaGraphExecDestroy(graphs()[id]), "cudaGraphExecDestroy");
   graphs().erase(id);
+  if (graphs().empty()) free_held_back();
+}
+
+bool graphs_alive() {
+  return capture_stream != nullptr || !graphs().empty();
 }
 
 int64_t set_event_delay_op(int64_t n) { return set_event_delay(static_cast<int>(n)); }
