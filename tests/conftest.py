@@ -79,7 +79,7 @@ def ulp(values: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.clamp(values.abs() * fi.eps, min=fi.smallest_normal * fi.eps)
 
 
-def assert_close_to_torch(ours, theirs, truth=None, *, precision, what="loss", scale=0.0):
+def assert_close_to_torch(ours, theirs, truth=None, *, precision, what="loss", scale=0.0, against_truth=False):
     """ours/theirs: results of validated_loss and torch on the same inputs.
 
     precision: the least precise floating dtype that went into the computation.
@@ -90,12 +90,13 @@ def assert_close_to_torch(ours, theirs, truth=None, *, precision, what="loss", s
         to a finite value ours must be finite (whatever torch did).
     scale: the natural magnitude of the values (the absolute tolerances are relative to the larger of
       it and the largest |value|), so that results that cancel to ~0 are compared on a sensible scale.
+    against_truth: apply the bf16/fp16 rule (at least as close to `truth` as torch) at any precision.
     """
     assert isinstance(ours, torch.Tensor), f"{what}: expected a Tensor, got {type(ours)}"
     assert ours.dtype == theirs.dtype, f"{what}: dtype {ours.dtype} != torch's {theirs.dtype}"
     assert ours.shape == theirs.shape, f"{what}: shape {tuple(ours.shape)} != torch's {tuple(theirs.shape)}"
     assert ours.device == theirs.device, f"{what}: device {ours.device} != torch's {theirs.device}"
-    if precision in DIRECT_TOL:
+    if precision in DIRECT_TOL and not against_truth:
         tol = DIRECT_TOL[precision]
         scale = max(scale, _finite_absmax(theirs.double()))
         torch.testing.assert_close(

@@ -102,19 +102,33 @@ def grad_output_for(loss_shape, seed, device):
 
 
 def compare(x, target, weight, kwargs, seed, wrt_target=False):
-    """ours vs torch on the same CUDA tensors; low precision against torch's float64 truth."""
+    """ours vs torch on the same tensors. Low precision: at least as close to torch's float64 truth
+    as torch is. float32: within float32 tolerance of torch, or else at least as close to the
+    float64 truth as torch (torch's own float32 can be the one that is off: at C ~ 32k with label
+    smoothing its gradient is ~50x further from the truth than the kernels')."""
     ref_loss = F.cross_entropy(x, target, weight, **kwargs)
     go = grad_output_for(ref_loss.shape, seed, x.device)
     t_loss, t_grads = loss_and_grads(F.cross_entropy, x, target, weight, kwargs, go, wrt_target)
     o_loss, o_grads = loss_and_grads(vl.cross_entropy, x, target, weight, kwargs, go, wrt_target)
     precision = x.dtype
-    truth_loss, truth_grads = None, [None] * len(t_grads)
-    if precision in LOW:
+
+    def truth():
         up = (lambda t: None if t is None else (t.double() if t.is_floating_point() else t))
-        truth_loss, truth_grads = loss_and_grads(F.cross_entropy, up(x), up(target), up(weight), kwargs, go, wrt_target)
-    assert_close_to_torch(o_loss, t_loss, truth_loss, precision=precision, what="loss")
-    for i, name in enumerate(["input", "target"][: len(t_grads)]):
-        assert_close_to_torch(o_grads[i], t_grads[i], truth_grads[i], precision=precision, what=f"grad wrt {name}")
+        return loss_and_grads(F.cross_entropy, up(x), up(target), up(weight), kwargs, go, wrt_target)
+
+    truth_loss, truth_grads = truth() if precision in LOW else (None, [None] * len(t_grads))
+    pairs = [(o_loss, t_loss, truth_loss, "loss")]
+    pairs += [(o_grads[i], t_grads[i], truth_grads[i], f"grad wrt {name}")
+              for i, name in enumerate(["input", "target"][: len(t_grads)])]
+    for k, (ours, theirs, true, what) in enumerate(pairs):
+        try:
+            assert_close_to_torch(ours, theirs, true, precision=precision, what=what)
+        except AssertionError:
+            if precision != torch.float32:
+                raise
+            truth_loss, truth_grads = truth()
+            true = ([truth_loss] + list(truth_grads))[k]
+            assert_close_to_torch(ours, theirs, true, precision=precision, what=what, against_truth=True)
     return o_loss, o_grads
 
 
