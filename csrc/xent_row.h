@@ -73,9 +73,15 @@ XENT_HD LseState<acc_t> lse_combine(LseState<acc_t> a, LseState<acc_t> b) {
   return {m, a.sum * std::exp(a.max - m) + b.sum * std::exp(b.max - m)};
 }
 
-// Add one logit to a running state (used for tails and by scalar and per-thread loops).
+// Add one logit to a running state (the CUDA kernels' scalar elements: strided rows, heads and
+// tails). Bitwise lse_combine(s, {x, 1}) with one exp instead of two: the side whose max is kept
+// is scaled by exp(0) = 1 there. Non-finite values and an empty state take lse_combine's rules.
 template <typename acc_t>
 XENT_HD LseState<acc_t> lse_add(LseState<acc_t> s, acc_t x) {
+  if (x - x == acc_t(0) && s.max - s.max == acc_t(0)) {  // both finite
+    if (x <= s.max) return {s.max, s.sum + std::exp(x - s.max)};
+    return {x, s.sum * std::exp(s.max - x) + acc_t(1)};
+  }
   return lse_combine(s, LseState<acc_t>{x, acc_t(1)});
 }
 

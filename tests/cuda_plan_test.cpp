@@ -763,7 +763,43 @@ static void test_totals() {
   }
 }
 
+// lse_add (one exp per scalar element) is bitwise lse_combine(s, {x, 1}) (two), specials included.
+static void test_lse_add() {
+  const float special[] = {0.0f, -1.5f, 3.25f, 88.0f, -104.0f, 1e-30f, INFINITY, -INFINITY, NAN};
+  std::vector<LseState<float>> states = {lse_empty<float>()};
+  for (float m : special) {
+    for (float s : {1.0f, 0.5f, 1234.5f, 0.0f}) states.push_back({m, s});
+  }
+  int compared = 0;
+  for (const auto& st : states) {
+    for (float x : special) {
+      const LseState<float> a = lse_add(st, x), b = lse_combine(st, LseState<float>{x, 1.0f});
+      const bool same = (std::memcmp(&a.max, &b.max, 4) == 0 || (a.max != a.max && b.max != b.max)) &&
+                        (std::memcmp(&a.sum, &b.sum, 4) == 0 || (a.sum != a.sum && b.sum != b.sum));
+      CHECK(same, "lse_add({%g, %g}, %g) = {%g, %g}, lse_combine gives {%g, %g}", st.max, st.sum, x, a.max, a.sum,
+            b.max, b.sum);
+      ++compared;
+    }
+  }
+  // A running sum over a row, element by element, against the combine of all.
+  uint32_t r = 7;
+  for (int n : {1, 2, 33, 1000}) {
+    LseState<float> add = lse_empty<float>(), combine = lse_empty<float>();
+    for (int i = 0; i < n; ++i) {
+      r = r * 1664525u + 1013904223u;
+      const float x = static_cast<float>(static_cast<int32_t>(r >> 8) % 4000) / 100.0f;
+      add = lse_add(add, x);
+      combine = lse_combine(combine, LseState<float>{x, 1.0f});
+    }
+    CHECK(std::memcmp(&add, &combine, sizeof(add)) == 0, "row of %d: {%g, %g} vs {%g, %g}", n, add.max, add.sum,
+          combine.max, combine.sum);
+  }
+  CHECK(compared > 300, "compared %d", compared);
+}
+
 int main() {
+  std::printf("lse_add\n");
+  test_lse_add();
   std::printf("fast_divmod\n");
   test_fast_divmod();
   std::printf("row_start == row_offset\n");
