@@ -85,10 +85,17 @@ void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
 // cheaply; a stride-0 or otherwise overlapping dimension would have rows written over rows still to
 // be read). The Python layer asks the same function (torch._debug_has_internal_overlap) and uses a
 // fresh gradient in every other case.
-void check_in_place_gradient(const at::Tensor& logits) {
-  TORCH_CHECK(at::has_internal_overlap(logits) == at::MemOverlap::No,
-              "validated_loss: cross_entropy_bwd_ writes the gradient over the logits, which must be "
-              "non-overlapping and dense; got sizes ", logits.sizes(), ", strides ", logits.strides());
+void check_in_place_gradient(const at::Tensor& logits, const char* op) {
+  TORCH_CHECK(at::has_internal_overlap(logits) == at::MemOverlap::No, "validated_loss: ", op,
+              " writes the gradient over the logits, which must be non-overlapping and dense; got sizes ",
+              logits.sizes(), ", strides ", logits.strides());
+}
+
+void check_fwd_grad_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                         int64_t reduction, double lse_square_scale, double softcap) {
+  check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
+  TORCH_CHECK(reduction != kReductionMean, "validated_loss: cross_entropy_fwd_grad takes reduction 'none' or 'sum'");
+  check_in_place_gradient(logits, "cross_entropy_fwd_grad");
 }
 
 void check_rows_tensor(const std::optional<at::Tensor>& t, int64_t num_rows, const char* name) {

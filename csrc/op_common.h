@@ -30,7 +30,13 @@ void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
                         const std::optional<at::Tensor>& weight, int64_t reduction);
 
 // cross_entropy_bwd_ writes the gradient over the logits: every element must have memory of its own.
-void check_in_place_gradient(const at::Tensor& logits);
+// `op` names the op in the message.
+void check_in_place_gradient(const at::Tensor& logits, const char* op = "cross_entropy_bwd_");
+
+// cross_entropy_fwd_grad's contract: the index op's, reduction 'none' or 'sum', and logits it can
+// write its gradient over (check_in_place_gradient).
+void check_fwd_grad_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                         int64_t reduction, double lse_square_scale, double softcap);
 
 // An optional per-row tensor (grad_lse) holds one value per row, on the logits' device.
 void check_rows_tensor(const std::optional<at::Tensor>& t, int64_t num_rows, const char* name);

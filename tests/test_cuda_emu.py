@@ -274,6 +274,14 @@ def test_linear_cross_entropy_chunk_step(reduction):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
 
 
+def test_fwd_grad_refuses_overlapping_logits():
+    """The CUDA chunk step writes the gradient over the logits: expanded rows would race."""
+    logits = torch.randn(1, 7).expand(5, 7)
+    target = torch.tensor([0, 1, 2, 3, 4])
+    with pytest.raises(RuntimeError, match="cross_entropy_fwd_grad writes the gradient over the logits"):
+        torch.ops.validated_loss.cross_entropy_fwd_grad(logits, target, None, 2, -100, 0.0, 0.0, 0.0, None, None)
+
+
 def test_empty_batch_and_zero_classes():
     for reduction in REDUCTIONS:
         x = torch.randn(0, 5, requires_grad=True)

@@ -274,3 +274,17 @@ def test_compile_ignores_the_option():
     lin.zero_grad()
     F.cross_entropy(lin(h), t).backward()
     torch.testing.assert_close(g_compiled, lin.weight.grad)
+
+
+def test_fwd_grad_refuses_overlapping_logits():
+    """cross_entropy_fwd_grad writes the gradient over its logits: rows sharing memory (expand)
+    would race (one row's gradient overwriting another's logits), so the op refuses them, as
+    cross_entropy_bwd_ does."""
+    row = torch.randn(1, 7)
+    logits = row.expand(5, 7)
+    target = torch.tensor([0, 1, 2, 3, 4])
+    with pytest.raises(RuntimeError, match="cross_entropy_fwd_grad writes the gradient over the logits"):
+        torch.ops.validated_loss.cross_entropy_fwd_grad(logits, target, None, 2, -100, 0.0, 0.0, 0.0, None, None)
+    loss = torch.ops.validated_loss.cross_entropy_fwd_grad(logits.clone(), target, None, 2, -100, 0.0, 0.0, 0.0,
+                                                           None, None)[0]
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(logits, target, reduction="sum"))

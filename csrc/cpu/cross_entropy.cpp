@@ -189,8 +189,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
     int64_t ignore_index, double label_smoothing, double lse_square_scale, double softcap,
     const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_lse, bool check_finite,
     int64_t /*validate: the CPU always raises*/) {
-  check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
-  TORCH_CHECK(reduction != kReductionMean, "validated_loss: cross_entropy_fwd_grad takes reduction 'none' or 'sum'");
+  check_fwd_grad_args(logits, target, weight, reduction, lse_square_scale, softcap);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
   const Tensor w = weights_for_kernel(weight, acc);

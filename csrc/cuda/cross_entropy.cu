@@ -251,8 +251,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
     const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_lse, bool check_finite,
     int64_t validate) {
   std::string origin = take_call_origin();  // set by the Python layer for this call, if it named it
-  check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
-  TORCH_CHECK(reduction != kReductionMean, "validated_loss: cross_entropy_fwd_grad takes reduction 'none' or 'sum'");
+  check_fwd_grad_args(logits, target, weight, reduction, lse_square_scale, softcap);
   TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
               validate);
   const DeviceGuard guard(logits.device());
