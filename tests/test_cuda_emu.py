@@ -8,6 +8,7 @@ Skipped unless VALIDATED_LOSS_C_LIBRARY points at the emulated build (the Makefi
 """
 
 import os
+import threading
 
 import pytest
 import torch
@@ -197,6 +198,36 @@ def test_graph_replay_publishes_a_bad_target(validate):
         torch.testing.assert_close(loss, F.cross_entropy(x, good))
     finally:
         emu.destroy_graph(graph)
+
+
+def test_deferred_check_leaves_another_threads_capture_intact():
+    """One thread captures a graph (global mode, torch.cuda.graph's default) while another runs a
+    deferred loss: that thread's check queries its copy's event, which must not invalidate the
+    capture (CUDA refuses an event query in global mode while any thread captures)."""
+    x = torch.randn(8, 5)
+    good = torch.zeros(8, dtype=torch.long)
+    ops = torch.ops.validated_loss
+    ops.cross_entropy_fwd(x, good, None, 1, -100, 0.0, False, 2)  # warm-up outside the capture
+    vl.check_deferred()
+    errors = []
+
+    def other_thread():
+        try:
+            ops.cross_entropy_fwd(x, good, None, 1, -100, 0.0, False, 2)  # queues a copy behind an event
+            vl.check_deferred()  # queries the event
+        except Exception as e:  # noqa: BLE001 (reported below)
+            errors.append(e)
+
+    emu.begin_capture(0)
+    try:
+        ops.cross_entropy_fwd(x, good, None, 1, -100, 0.0, False, 2)
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    finally:
+        graph = emu.end_capture()  # raises if the capture was invalidated
+    emu.destroy_graph(graph)
+    assert not errors, errors
 
 
 # --------------------------------------------------------------------------- the other kernels

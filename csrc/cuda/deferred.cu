@@ -49,8 +49,12 @@ class CopyEvent {
   }
   // Never waits. Querying an event is illegal while this thread's stream is being captured:
   // "not yet" then.
+  // The query runs in thread-local capture mode: under the default global mode it would be an
+  // unsafe call that invalidates a capture another thread is making (torch.cuda.graph captures in
+  // global mode), as PyTorch's NCCL watchdog found.
   bool landed() const {
     if (current_stream_capturing()) return false;
+    const CaptureModeGuard thread_local_mode(cudaStreamCaptureModeThreadLocal);
     const cudaError_t state = cudaEventQuery(event_);
     if (state == cudaErrorNotReady) {
       (void)cudaGetLastError();  // not an error: clear it
