@@ -213,13 +213,22 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return result[0], result[1], result[2], None, None, None
 
 
+def _mean_scale(grad_loss, total_weight, target, ignore_index):
+    """grad_output / total weight, as torch's 'mean' backward scales. No counted target (every one
+    ignored, or an empty batch): torch's gradients are zero (its NaN loss has no term to
+    differentiate), while 1 / 0 times the forward's zero gradients would be NaN; one fully masked
+    micro-batch must not poison an accumulated gradient. Tensors throughout: no sync on CUDA."""
+    nothing_counted = (total_weight == 0) & ~(target != ignore_index).any()
+    return torch.where(nothing_counted, 0.0, grad_loss / total_weight)
+
+
 def _rescale(ctx, grad_loss):
     """The forward's gradients times grad_output (over the total weight for 'mean'). The scale
     stays a float64 0-dim tensor: multiplying by it keeps each gradient's dtype, computed in its
     opmath type, without rounding 1 / total_weight to bfloat16 first."""
     scale = grad_loss.double()
     if ctx.plan.reduction == 1:
-        scale = scale / ctx.total_weight
+        scale = _mean_scale(scale, ctx.total_weight, ctx.saved_tensors[3], ctx.plan.ignore_index)
     stash = ctx.stash
     if stash is None:
         raise RuntimeError(
