@@ -1172,19 +1172,22 @@ def target_status(target, num_classes, ignore_index) -> torch.Tensor:
     count, -1, -1, -1): the non-finite-logit fields stay empty. No host sync:
     only the caller's ``.cpu()`` waits for it.
     """
-    status = torch.full((_STATUS_SIZE,), -1, dtype=torch.int64, device=target.device)
+    # Stacked from 0-dim fields, not written into by index: torch.func.vmap refuses in-place
+    # writes of batched values into an unbatched tensor.
+    none = torch.full((), -1, dtype=torch.int64, device=target.device)
+    fields = [none] * _STATUS_SIZE
     flat = target.reshape(-1).long()
     if flat.numel() == 0:
-        status[_STATUS_COUNT] = 0
-        return status
+        fields[_STATUS_COUNT] = torch.zeros_like(none)
+        return torch.stack(fields)
     invalid = ((flat < 0) | (flat >= int(num_classes))) & (flat != ignore_index)
     count = invalid.sum()
     first = invalid.to(torch.uint8).argmax()  # argmax returns the first maximum
     found = count > 0
-    status[_STATUS_POSITION] = torch.where(found, first, -1)
-    status[_STATUS_VALUE] = torch.where(found, flat[first], -1)
-    status[_STATUS_COUNT] = count
-    return status
+    fields[_STATUS_POSITION] = torch.where(found, first, -1)
+    fields[_STATUS_VALUE] = torch.where(found, flat[first], -1)
+    fields[_STATUS_COUNT] = count
+    return torch.stack(fields)
 
 
 def _find_out_of_range(input, target, ignore_index) -> Optional[TargetOutOfRangeError]:
@@ -1193,6 +1196,10 @@ def _find_out_of_range(input, target, ignore_index) -> Optional[TargetOutOfRange
     from . import _ops  # loads the compiled library
 
     classes = _num_classes(input)
+    # Under torch.func transforms (vmap of grad: per-sample gradients) the target may be a batched
+    # wrapper, whose values vmap does not let Python read: the check runs on the plain tensor
+    # underneath (every sample's targets; positions are that tensor's).
+    target = _unwrapped(target)
     status = target_status(target, classes, ignore_index).cpu()
     if int(status[_STATUS_COUNT]) <= 0:
         return None
@@ -1201,6 +1208,14 @@ def _find_out_of_range(input, target, ignore_index) -> Optional[TargetOutOfRange
     except IndexError as error:
         return target_error_from(error, ignore_index)
     return None
+
+
+def _unwrapped(tensor):
+    """The plain tensor under any torch.func wrappers (batched, grad-tracking)."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(tensor):
+        tensor = functorch.get_unwrapped(tensor)
+    return tensor
 
 
 # The kernel's messages (csrc/op_common.cpp) are the one place they are worded; the numbers the
