@@ -1108,6 +1108,13 @@ def _hint_multi_label(input, target):
         "several labels per sample use F.binary_cross_entropy_with_logits.")
 
 
+def _looks_like_batch_size(n: int) -> bool:
+    """The only evidence two counts give: batch sizes are nearly always chosen round, a power of
+    two from 8 or a multiple of 10. Two final partial batches (1000 % 32 = 8 against
+    1010 % 32 = 18) give counts that are not, and then nothing is said about a batch size."""
+    return (n >= 8 and n & (n - 1) == 0) or (n >= 10 and n % 10 == 0)
+
+
 def _hint_batch_sizes(input, target) -> _Diagnosis:
     n_in, n_tgt = int(input.shape[0]), int(_target_batch_size(target))
     small, large = min(n_in, n_tgt), max(n_in, n_tgt)
@@ -1119,10 +1126,11 @@ def _hint_batch_sizes(input, target) -> _Diagnosis:
                else f"The input has {large // small} rows per target entry")
         sentences.append(f"{per}: a reshape, view(-1) or flatten merged a dimension into the "
                          "batch, or the two come from loaders with different batch_size.")
-    sentences.append(f"If {large} is the batch size, {small} looks like a final partial batch: "
-                     "inputs and targets are batched by different DataLoaders or datasets of "
-                     "different lengths (drop_last=True on one side only, or an uneven "
-                     "train/validation split).")
+    if _looks_like_batch_size(large):
+        sentences.append(f"If {large} is the batch size, {small} looks like a final partial batch: "
+                         "inputs and targets are batched by different DataLoaders or datasets of "
+                         "different lengths (drop_last=True on one side only, or an uneven "
+                         "train/validation split).")
     return _Diagnosis("batch", " ".join(sentences),
                       "batch inputs and targets together: one Dataset returning "
                       "(input, target) pairs, one DataLoader.")
@@ -1286,6 +1294,11 @@ def check_batch(input, target, weight=None, ignore_index=-100, label_smoothing=0
     not distributions, logits that look like softmax outputs. This may
     synchronise with the device; it is a debugging tool.
     """
+    for position, (name, value) in enumerate((("input", input), ("target", target)), start=1):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"check_batch(): argument '{name}' (position {position}) must be a Tensor, not "
+                            f"{type(value).__name__} (as for cross_entropy: the logits and the targets of one "
+                            f"batch; convert with torch.as_tensor(...))")
     mode = "probs" if tuple(input.shape) == tuple(target.shape) else "index"
     report = BatchReport(ok=True, mode=mode)
     try:
