@@ -75,6 +75,7 @@ __all__ = [
     "TargetOutOfRangeError",
     "NonFiniteLogitsError",
     "InplaceBackwardError",
+    "LogitsModifiedError",
     "check_inputs",
     "check_batch",
     "BatchReport",
@@ -202,6 +203,27 @@ class NonFiniteLogitsError(ValidatedLossError, ValueError, RuntimeError):
 class InplaceBackwardError(ValidatedLossError, ValueError):
     """inplace_backward=True for logits the gradient must not be written over (a leaf that
     requires grad, or a view of one)."""
+
+
+class LogitsModifiedError(ValidatedLossError, RuntimeError):
+    """Backward found the logits modified in place after the loss. validated_loss keeps the logits
+    themselves for the backward (torch keeps their log-softmax, a second logits-sized tensor), so
+    an edit made after the loss (logits.div_(T) for sampling) is refused where torch's backward
+    would not notice it."""
+
+
+def logits_modified_error(error: RuntimeError) -> Exception:
+    """autograd's "modified by an inplace operation" error at the loss's backward, explained; any
+    other error as it is."""
+    if "modified by an inplace operation" not in str(error):
+        return error
+    return LogitsModifiedError(
+        "backward of the cross-entropy loss: the logits were modified in place after the loss was computed "
+        "(e.g. logits.div_(temperature) for sampling, or masked_fill_ for metrics). validated_loss keeps the "
+        "logits themselves for the backward, where torch keeps a log-softmax copy (a second logits-sized "
+        "tensor), so torch would not have noticed the edit.\n"
+        "Fix: edit a copy (logits / T, or logits.detach().clone()), or run backward before editing.\n"
+        f"(autograd: {error})")
 
 
 # =============================================================================
