@@ -15,7 +15,7 @@ Columns (per row, on rank 0; every rank sends the same amount):
   model B/row      bytes_per_row(...).communicated
   sent / logits    the fraction of the shard's bytes that is communicated
   gather B/row     what gathering the other ranks' logits instead would bring to each rank per row
-  per call         bytes of the call's one all_gather (shard sizes, batch sizes, target range), any rows
+  per call         bytes of the call's one all_gather (shard sizes, batch sizes, target range and checksum), any rows
   bwd              bytes communicated by the backward (it is local: 0)
 A ring all-reduce moves about 2 (p - 1) / p times its payload over each rank's link.
 """
@@ -88,7 +88,8 @@ def _worker(rank, world, port, configs, results):
             classes = block.numel()
             generator = torch.Generator().manual_seed(0)
             shard = torch.randn(rows, classes, generator=generator).to(dtype).requires_grad_()
-            target = torch.randint(0, vocab, (rows,), generator=generator)
+            # The same target on every rank (drawn from its own generator: the shards differ in size).
+            target = torch.randint(0, vocab, (rows,), generator=torch.Generator().manual_seed(1))
             with CountingCollectives() as counter:
                 loss = vocab_parallel_cross_entropy(shard, target, label_smoothing=smoothing)
                 forward = counter.take()

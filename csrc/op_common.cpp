@@ -7,6 +7,7 @@
 #include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
+#include <ATen/ops/scalar_tensor.h>
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
 #include <torch/library.h>
@@ -121,6 +122,15 @@ RowGeometry make_row_geometry(const at::Tensor& logits) {
 at::Tensor weights_for_kernel(const std::optional<at::Tensor>& weight, at::ScalarType acc_dtype) {
   if (!weight.has_value() || !weight->defined()) return at::Tensor();
   return weight->reshape({-1}).to(acc_dtype).contiguous();
+}
+
+at::Tensor narrowed_scalar(double value, const at::TensorOptions& options) {
+  const at::ScalarType dtype = options.dtype().toScalarType();
+  if (dtype == at::kDouble) return at::scalar_tensor(value, options);
+  // at::scalar_tensor refuses a finite value past the dtype's range; static_cast and the tensor
+  // cast round it to inf.
+  const at::Tensor f = at::scalar_tensor(static_cast<float>(value), options.dtype(at::kFloat));
+  return dtype == at::kFloat ? f : f.to(dtype);
 }
 
 at::Tensor new_status(const at::Tensor& like) {

@@ -49,6 +49,11 @@ std::vector<int64_t> rows_shape(const at::Tensor& logits);
 // Class weights as a contiguous accumulate-dtype vector (C floats), or an undefined tensor.
 at::Tensor weights_for_kernel(const std::optional<at::Tensor>& weight, at::ScalarType acc_dtype);
 
+// A 0-dim tensor holding a double total (a loss sum, a total weight) in `options`' dtype, rounded as
+// a tensor cast rounds: past the dtype's range it is inf, as torch's own reductions give (a
+// diverging model's loss scaler must see inf, not a "cannot be converted" error).
+at::Tensor narrowed_scalar(double value, const at::TensorOptions& options);
+
 // An int64[kStatusSize] record on `device` with "nothing found" in every field.
 at::Tensor new_status(const at::Tensor& like);
 

@@ -245,9 +245,12 @@ XENT_HD acc_t prob_row_loss(const LossConstants<acc_t>& k, RowLse<acc_t> lse, ac
 }
 
 // Total target mass S = sum_c a_c of a class-index row (the softmax coefficient of its gradient).
+// Without smoothing no other class's weight is read, as in torch: an inf or NaN weight of a class
+// no target uses (1 / class_counts) must not turn 0 * inf into a NaN gradient.
 template <typename acc_t>
 XENT_HD acc_t index_row_mass(const LossConstants<acc_t>& k, acc_t w_target) {
-  return target_share(k) * w_target + smoothing_per_class(k) * k.sum_weight;
+  const acc_t target = target_share(k) * w_target;
+  return has_smoothing(k) ? target + smoothing_per_class(k) * k.sum_weight : target;
 }
 
 // Total target mass S of a probability row, from its sum_c w_c q_c.
@@ -282,9 +285,18 @@ XENT_HD acc_t softmax_extra(const LossConstants<acc_t>& k, acc_t scale, RowLse<a
 }
 
 // a_c of a class-index row: the smoothing share of every class, plus (1 - eps) w_y on the target.
+// w_c is read only with smoothing (see index_row_mass).
 template <typename acc_t>
 XENT_HD acc_t index_target_mass(const LossConstants<acc_t>& k, acc_t w_c, bool is_target, acc_t w_target) {
-  return smoothing_per_class(k) * w_c + (is_target ? target_share(k) * w_target : acc_t(0));
+  const acc_t target = is_target ? target_share(k) * w_target : acc_t(0);
+  return has_smoothing(k) ? smoothing_per_class(k) * w_c + target : target;
+}
+
+// The class weights a class-index row's smoothing term reads: none without smoothing (vector
+// loops then take their unweighted path and never multiply 0 by an unused class's inf weight).
+template <typename acc_t>
+XENT_HD const acc_t* smoothing_weights(const LossConstants<acc_t>& k, const acc_t* w) {
+  return has_smoothing(k) ? w : nullptr;
 }
 
 // a_c of a probability row: w_c q'_c.
@@ -308,12 +320,26 @@ XENT_HD acc_t reduction_scale(int64_t reduction, acc_t grad_output, acc_t total_
   return total_weight == acc_t(0) ? acc_t(NAN) : grad_output / total_weight;
 }
 
-// The 'mean' of a summed loss. torch divides the class-index loss and its smoothing term by the
-// total weight separately, so a zero total weight gives NaN (0/0 in the first term) even when the
-// smoothing sum alone would give inf.
+// The 'mean' of a call's summed loss, divided as torch divides it:
+//  * sum and divisor each rounded to the accumulate dtype acc_t first (torch accumulates there:
+//    in float32 a total weight past 3.4e38 is inf, and inf / inf is NaN, not a finite quotient
+//    of doubles);
+//  * a zero divisor gives IEEE's answer: +-inf for a nonzero sum (class weights summing to zero),
+//    NaN for a zero one (every target ignored);
+//  * with label smoothing torch divides the target term and the smoothing term separately; a
+//    zero total weight there means every counted target has weight 0, so the target term is 0/0
+//    and the mean NaN even when the smoothing sum alone would give inf (weights of both signs
+//    summing to zero are the one case this rule does not follow torch: README).
 template <typename acc_t>
-XENT_HD acc_t mean_loss(acc_t loss_sum, acc_t divisor) {
-  return divisor == acc_t(0) ? acc_t(NAN) : loss_sum / divisor;
+XENT_HD double mean_loss(double loss_sum, double divisor, bool smoothing) {
+  if (divisor == 0 && smoothing) return NAN;
+  return static_cast<double>(static_cast<acc_t>(loss_sum) / static_cast<acc_t>(divisor));
+}
+
+// What a probability-target 'mean' divides by: the number of rows, and 0 (a NaN mean, as torch's
+// "numel() == 0") when there is no element at all, rows or classes.
+XENT_HD double prob_mean_divisor(int64_t num_rows, int64_t num_classes) {
+  return num_classes == 0 ? 0.0 : static_cast<double>(num_rows);
 }
 
 // First invalid target of a launch, kept by its flat position in the target tensor.

@@ -429,6 +429,7 @@ def test_every_exception_is_a_validated_loss_error_of_torchs_types():
         D.TargetOutOfRangeError: (IndexError,),
         D.NonFiniteLogitsError: (ValueError, RuntimeError),
         D.InplaceBackwardError: (ValueError,),
+        D.LogitsModifiedError: (RuntimeError,),
     }
     for cls, bases in expected_bases.items():
         assert issubclass(cls, D.ValidatedLossError), cls

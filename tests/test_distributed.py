@@ -570,3 +570,56 @@ def test_distributed_bytes_benchmark_runs(capsys):
     rows = distributed_bytes.main(["--vocab", "1001", "--dtypes", "bfloat16", "--smoothing", "0.1", "--rows", "8"])
     assert [(r["classes"], r["sent"], r["model"], r["bwd"]) for r in rows] == [(501, 16, 16, 0)]
     assert "| 1001 | 2 | bfloat16 | 0.1 | 501 | 1002 | 16 | 16 |" in capsys.readouterr().out
+
+
+# =============================================================================
+# Issue 15, item 17: autocast dtype, different targets on the ranks
+# =============================================================================
+
+
+def _task_autocast(rank, world, case):
+    """The loss of this rank's slice of half/bfloat16 logits under CPU autocast, with its gradient."""
+    from validated_loss.distributed import vocab_parallel_cross_entropy
+
+    shard = _shard(case["logits"], case["splits"], rank).detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = vocab_parallel_cross_entropy(shard, case["target"], **case["kwargs"])
+    loss.backward(case["grad_output"].to(loss.dtype))
+    return {"loss": loss.detach(), "grad": shard.grad}
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_autocast_gives_a_float32_loss_as_cross_entropy(groups, dtype, reduction):
+    import validated_loss as vl
+
+    case = _make_case((6, 10), (4, 6), seed=11, dtype=dtype, reduction=reduction)
+    answers = groups(2).run("_task_autocast", case)
+    x = case["logits"].detach().clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = vl.cross_entropy(x, case["target"], **case["kwargs"])
+        reference = F.cross_entropy(x, case["target"], **case["kwargs"])
+    assert expected.dtype == reference.dtype == torch.float32
+    (grad,) = torch.autograd.grad(expected, x, case["grad_output"].to(expected.dtype))
+    for rank, answer in enumerate(answers):
+        assert answer["loss"].dtype == torch.float32, f"rank {rank}"
+        assert answer["grad"].dtype == dtype
+        torch.testing.assert_close(answer["loss"], expected.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(answer["grad"], _shard(grad, case["splits"], rank), rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.parametrize("change", ["values", "order"])
+def test_different_targets_on_the_ranks_raise_rank_mismatch(groups, change):
+    case = _make_case((6, 10), (4, 6), seed=12, ignored=0)
+    other = case["target"].clone()
+    if change == "values":
+        other[4] = (other[4] + 1) % 10
+    else:
+        other = other.flip(0)
+        assert not torch.equal(other, case["target"])
+    case["per_rank"] = {1: {"target": other}}
+    answers = _run_error_case(groups(2), case)
+    for rank, answer in enumerate(answers):
+        assert answer.get("raised") == "RankMismatchError", f"rank {rank}: {answer}"
+        assert tuple(answer["attrs"]["ranks"]) == (1,)
+        assert "different targets" in answer["message"] and "rank 1 differs from rank 0" in answer["message"]

@@ -537,6 +537,41 @@ def test_func_vmap(tkind):
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("transform", ["grad", "jvp"])
+@pytest.mark.parametrize("linear", [False, True])
+def test_func_vmap_of_grad_and_jvp(transform, linear):
+    """Per-sample gradients (vmap(grad(...)), the torch.func tutorial) and vmap(jvp(...)), with
+    class-index targets (whose range check once wrote into a status tensor in place, which vmap
+    refuses); linear_cross_entropy too."""
+    x = torch.randn(3, 4, 6, generator=gen(1), dtype=F64)
+    W = torch.randn(C, 6, generator=gen(2), dtype=F64)
+    t = torch.randint(0, C, (3, 4), generator=gen(3))
+    t[0, 1] = -100
+
+    def loss(fn):
+        if linear:
+            return lambda a, b: fn(a, W, b, label_smoothing=0.1)
+        return lambda a, b: fn(a @ W.T, b, label_smoothing=0.1)
+
+    def per_sample(fn):
+        f = loss(fn)
+        if transform == "grad":
+            return torch.func.vmap(torch.func.grad(f))(x, t)
+        return torch.func.vmap(lambda a, b: torch.func.jvp(lambda v: f(v, b), (a,), (torch.ones_like(a),))[1])(x, t)
+
+    ours = per_sample(vl.linear_cross_entropy if linear else vl.cross_entropy)
+    expected = per_sample(F.linear_cross_entropy if linear else F.cross_entropy)
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_func_vmap_of_grad_still_reports_a_bad_target():
+    x = torch.randn(3, 4, C, generator=gen(1), dtype=F64)
+    t = torch.randint(0, C, (3, 4), generator=gen(2))
+    t[2, 1] = C + 3
+    with pytest.raises(vl.TargetOutOfRangeError, match=f"Target {C + 3} is out of bounds"):
+        torch.func.vmap(torch.func.grad(lambda a, b: vl.cross_entropy(a, b)))(x, t)
+
+
 @pytest.mark.parametrize("tkind", ["index", "prob"])
 def test_forward_mode_jvp(tkind):
     """Forward-mode AD (torch.func.jvp): torch supports it for cross_entropy; a drop-in must

@@ -142,3 +142,51 @@ def test_disabled_cache_gives_fresh_blocks_and_keeps_what_it_holds():
         del fresh                           # ...and this one is freed, not kept
         assert vl.gradient_cache_bytes() == held
     assert _grad(x, target).data_ptr() == pointer  # enabled again: the held block is reused
+
+
+# ---- issue 15, item 14
+
+
+def _cache_enabled():
+    """Reads the process-wide switch (turning it on, which is what each caller expects here)."""
+    from validated_loss._ops import ops
+
+    return ops.set_gradient_cache_enabled(True)
+
+
+def test_overlapping_disabled_blocks_in_two_threads_leave_the_cache_on():
+    import threading
+
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with vl.gradient_cache_disabled():
+            first_in.set()
+            second_in.wait()
+        first_out.set()
+
+    def second():
+        first_in.wait()
+        with vl.gradient_cache_disabled():
+            second_in.set()
+            first_out.wait()
+            x, target = _case()
+            g = _grad(x, target)
+            del g
+            assert vl.gradient_cache_bytes() == 0  # still disabled while this block is open
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _cache_enabled()
+
+
+def test_limit_takes_numpy_integers_and_limits_past_int64():
+    import numpy as np
+
+    vl.set_gradient_cache_limit(np.int64(1 << 20))
+    assert vl.set_gradient_cache_limit(np.uint64(1 << 21)) == 1 << 20
+    assert vl.set_gradient_cache_limit(2**63) == 1 << 21
+    assert vl.set_gradient_cache_limit(2**80) == 2**63 - 1  # no limit, held as the largest int64

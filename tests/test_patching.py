@@ -239,10 +239,81 @@ def test_module_made_while_patched_pickles_and_reprs_like_torch():
     with patching.patched():
         module = torch.nn.CrossEntropyLoss(ignore_index=3)
     assert repr(module) == repr(ORIGINAL_CLASS(ignore_index=3)) == "CrossEntropyLoss()"
-    copy = pickle.loads(pickle.dumps(module))
-    assert isinstance(copy, vl.CrossEntropyLoss) and copy.ignore_index == 3
+    copy = pickle.loads(pickle.dumps(module))  # loaded after the patch: torch's class (issue 15, item 8)
+    assert type(copy) is ORIGINAL_CLASS and copy.ignore_index == 3
     x, y = torch.randn(3, 4), torch.tensor([0, 3, 1])
     torch.testing.assert_close(copy(x, y), ORIGINAL_FUNCTION(x, y, ignore_index=3))
+    with patching.patched():
+        again = pickle.loads(pickle.dumps(module))
+    assert isinstance(again, vl.CrossEntropyLoss) and again.ignore_index == 3
+
+
+# ---- issue 15, item 8: pickles across the patch
+
+
+def test_criterion_pickled_while_patched_loads_without_the_package(tmp_path):
+    import subprocess
+    import sys
+
+    with patching.patched():
+        model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+        model.criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+        path = tmp_path / "model.pt"
+        torch.save(model, path)
+    assert b"validated_loss" not in path.read_bytes()
+    assert "__reduce_ex__" not in vars(ORIGINAL_CLASS)  # unpatch() took back what patch() gave torch's class
+    code = ("import sys, torch; m = torch.load(sys.argv[1], weights_only=False); "
+            "assert type(m.criterion) is torch.nn.CrossEntropyLoss, type(m.criterion); "
+            "m.criterion(torch.randn(2, 3), torch.tensor([0, 2])); "
+            "assert 'validated_loss' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code, str(path)], check=True, cwd=tmp_path)
+
+
+def test_torch_criterion_unpickled_while_patched_runs_as_ours():
+    blob = pickle.dumps(ORIGINAL_CLASS(label_smoothing=0.2, ignore_index=1))  # made and pickled by torch
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with patching.patched():
+        module = pickle.loads(blob)
+        assert isinstance(module, vl.CrossEntropyLoss)
+        torch.testing.assert_close(module(x, y), ORIGINAL_FUNCTION(x, y, label_smoothing=0.2, ignore_index=1))
+
+
+# ---- issue 15, item 7: TorchScript while patched (scripted code computes with torch's op)
+
+
+class _ScriptedModel(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(4, 3)
+        self.criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def forward(self, x, y):
+        logits = self.head(x)
+        return self.criterion(logits, y) + F.cross_entropy(logits, y, reduction="sum", ignore_index=2)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("built", ["before", "while"])
+def test_jit_script_while_patched(built):
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 1, 0])
+    model = _ScriptedModel() if built == "before" else None
+    with patching.patched():
+        model = model or _ScriptedModel()
+        expected = model(x, y)
+        scripted = torch.jit.script(model)
+        torch.testing.assert_close(scripted(x, y), expected)
+        pickle.dumps(model.criterion)  # the module scripting swapped in still pickles
+    torch.testing.assert_close(scripted(x, y), expected)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_jit_script_of_a_function_while_patched():
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(x, y, label_smoothing=0.1)
+
+    x, y = torch.randn(5, 4), torch.tensor([0, 1, 2, 1, 0])
+    with patching.patched():
+        torch.testing.assert_close(torch.jit.script(loss)(x, y), ORIGINAL_FUNCTION(x, y, label_smoothing=0.1))
 
 
 def test_unpatch_leaves_a_later_replacement_in_place_with_a_warning():

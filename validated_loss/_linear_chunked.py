@@ -8,19 +8,24 @@ chunk buffer plus the gradients themselves.
 
 'mean'/'sum': the gradients are computed during the forward for grad_output = 1 with 'sum'
 scaling; backward only rescales them, in place, by grad_output (divided by the total weight for
-'mean'), which is what torch's own chunked path does. They are handed to autograd without a copy,
-so a second backward needs allow_retain_graph (then backward multiplies out of place).
+'mean'), which is what torch's own chunked path does. They are handed to autograd without a copy;
+a second backward through a retained graph recomputes them (one more forward's work, paid only
+then), and allow_retain_graph keeps them instead (backward multiplies out of place).
 'none', and a gradient reaching the returned lse: backward recomputes each chunk's logits and
 runs the fused op with the per-row grad_output (and lse gradient): one more product per chunk,
 nothing (N, C)-sized kept between forward and backward.
+Higher order (create_graph=True, gradcheck/gradgradcheck): the backward runs with grad mode on
+and builds its gradient from torch ops on the whole logits (_reference), differentiable like
+torch's default path; the first-order path never pays for it.
 """
 
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
-from . import _ops
+from . import _ops, _reference
 from ._llm_options import LlmOptions
 
 ops = _ops.ops
@@ -197,6 +202,8 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         plan = ctx.plan
         input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
         wanted = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled():  # create_graph=True: the gradient must itself be differentiable
+            return _differentiable_backward(ctx.saved_tensors, plan, wanted, grad_loss, grad_lse) + (None,) * 3
         result = [None, None, None]
         rows_grad = None  # per-row grad_output still to apply by recomputation
         if grad_loss is not None and plan.reduction != _NONE:
@@ -213,20 +220,51 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return result[0], result[1], result[2], None, None, None
 
 
+def _mean_scale(grad_loss, total_weight, target, ignore_index):
+    """grad_output / total weight, as torch's 'mean' backward scales. No counted target (every one
+    ignored, or an empty batch): torch's gradients are zero (its NaN loss has no term to
+    differentiate), while 1 / 0 times the forward's zero gradients would be NaN; one fully masked
+    micro-batch must not poison an accumulated gradient. Tensors throughout: no sync on CUDA."""
+    nothing_counted = (total_weight == 0) & ~(target != ignore_index).any()
+    return torch.where(nothing_counted, 0.0, grad_loss / total_weight)
+
+
 def _rescale(ctx, grad_loss):
     """The forward's gradients times grad_output (over the total weight for 'mean'). The scale
     stays a float64 0-dim tensor: multiplying by it keeps each gradient's dtype, computed in its
     opmath type, without rounding 1 / total_weight to bfloat16 first."""
     scale = grad_loss.double()
     if ctx.plan.reduction == 1:
-        scale = scale / ctx.total_weight
+        scale = _mean_scale(scale, ctx.total_weight, ctx.saved_tensors[3], ctx.plan.ignore_index)
     stash = ctx.stash
     if stash is None:
-        raise RuntimeError(
-            "validated_loss.linear_cross_entropy: backward through this loss a second time. Its gradients are "
-            "computed in the forward and consumed by the first backward (as torch's chunked path does); pass "
-            "options=torch.nn.LinearCrossEntropyOptions(allow_retain_graph=True) to keep them.")
+        # A second backward through a retained graph: the forward's gradients went to the first.
+        # Recomputed as the forward computed them (same chunks, same order: the same bits).
+        input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
+        grads = _Gradients(input, linear_weight, linear_bias, ctx.needs_input_grad[:3])
+        _forward(input, linear_weight, linear_bias, target, weight, ctx.plan, grads)
+        return [None if g is None else g.mul_(scale) for g in grads.results(linear_bias)]
     if ctx.plan.allow_retain_graph:
         return [None if g is None else g * scale for g in stash]
     ctx.stash = None  # handed to autograd below: no second reference, so no copy is made
     return [None if g is None else g.mul_(scale) for g in stash]
+
+
+def _differentiable_backward(saved, plan, wanted, grad_loss, grad_lse):
+    """d (grad_loss . loss + grad_lse . lse) / d (input, linear_weight, linear_bias) as a graph of
+    torch ops on the whole logits (what torch's default path differentiates): for create_graph."""
+    input, linear_weight, linear_bias, target, weight = saved
+    loss, lse = _reference.cross_entropy(F.linear(input, linear_weight, linear_bias), target, weight,
+                                         _reference.REDUCTIONS[plan.reduction], plan.ignore_index,
+                                         plan.label_smoothing, plan.llm.lse_square_scale, plan.llm.softcap)
+    outputs, grads_out = [], []
+    if grad_loss is not None:
+        outputs.append(loss.reshape(grad_loss.shape))
+        grads_out.append(grad_loss)
+    if grad_lse is not None and grad_lse.numel():
+        outputs.append(lse.reshape(grad_lse.shape).to(grad_lse.dtype))
+        grads_out.append(grad_lse)
+    leaves = [t for t, w in zip((input, linear_weight, linear_bias), wanted) if w]
+    found = iter(torch.autograd.grad(outputs, leaves, grads_out, create_graph=True, allow_unused=True)
+                 if outputs and leaves else [None] * len(leaves))
+    return tuple(next(found) if w else None for w in wanted)

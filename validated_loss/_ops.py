@@ -153,7 +153,14 @@ def _fwd_backward(ctx, grad_loss, grad_lse, grad_total_weight, grad_status):
         from . import _deferred  # validate="deferred": a bad target is reported by backward at the latest
 
         _deferred.check_pending()
-    logits, target, weight, lse, total_weight = ctx.saved_tensors
+    try:
+        logits, target, weight, lse, total_weight = ctx.saved_tensors
+    except RuntimeError as error:
+        if ctx.inplace_backward:  # our own gradient write bumped the version: torch's error, as README says
+            raise
+        from .diagnostics import logits_modified_error  # the logits edited in place after the loss
+
+        raise logits_modified_error(error) from None
     grad = None
     # The saved lse is (max, log_sum) per row. max is a constant shift: the gradient of
     # max + log_sum (what return_lse gives) arrives on both columns and is taken from log_sum's,

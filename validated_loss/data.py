@@ -20,6 +20,7 @@ partial batch (``len(dataset) % batch_size``), and loaders of different lengths
 
 from __future__ import annotations
 
+import operator
 import sys
 import warnings
 from collections.abc import Mapping
@@ -211,10 +212,19 @@ def _split_pair(batch, input_fn, target_fn):
         target = _from_mapping(batch, TARGET_KEYS, "target", "target_fn") if target_fn is None else target_fn(batch)
         return inputs, target
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return (batch[0] if input_fn is None else input_fn(batch),
-                batch[1] if target_fn is None else target_fn(batch))
+        # zip(images_loader, labels_loader) of two single-tensor TensorDatasets yields ([x], [y]):
+        # each side's 1-element batch is unwrapped, as with target_loader= (_pick).
+        return (_single(batch[0]) if input_fn is None else input_fn(batch),
+                _single(batch[1]) if target_fn is None else target_fn(batch))
     raise TypeError(f"check_loader: a batch of type {type(batch).__name__} is not an (input, target) pair "
                     "or a dict; pass target_loader=..., or input_fn and target_fn to pick them out")
+
+
+def _single(part):
+    """A 1-element tuple/list holding a tensor (TensorDataset(x)'s batch) unwrapped; else as is."""
+    if isinstance(part, (tuple, list)) and len(part) == 1 and isinstance(part[0], torch.Tensor):
+        return part[0]
+    return part
 
 
 def _pick(batch, fn, which: int, keys, what: str, fn_name: str):
@@ -291,6 +301,7 @@ def check_loader(loader, *, num_classes: Optional[int] = None, target_loader=Non
 
     Stops at the first bad batch and returns a ``LoaderReport``.
     """
+    num_classes = _num_classes_argument(num_classes)
     two = target_loader is not None
     infos = ([_loader_info(loader, "input loader"), _loader_info(target_loader, "target loader")] if two
              else [_loader_info(loader, "loader")])
@@ -349,6 +360,22 @@ def check_loader(loader, *, num_classes: Optional[int] = None, target_loader=Non
     if raise_on_error and report.error is not None:
         raise report.error
     return report
+
+
+def _num_classes_argument(num_classes):
+    """num_classes as an int >= 0, or None; a TypeError/ValueError that names it otherwise."""
+    if num_classes is None:
+        return None
+    try:
+        value = None if isinstance(num_classes, bool) else operator.index(num_classes)
+    except TypeError:
+        value = None
+    if value is None:
+        raise TypeError(f"check_loader: num_classes must be an int (the model's number of classes) or None, "
+                        f"not {type(num_classes).__name__}")
+    if value < 0:
+        raise ValueError(f"check_loader: num_classes must be the model's number of classes (>= 0), got {value}")
+    return value
 
 
 def _fail(report: LoaderReport, k: int, error: Exception, batch_report: Optional[BatchReport]):

@@ -75,6 +75,7 @@ __all__ = [
     "TargetOutOfRangeError",
     "NonFiniteLogitsError",
     "InplaceBackwardError",
+    "LogitsModifiedError",
     "check_inputs",
     "check_batch",
     "BatchReport",
@@ -202,6 +203,27 @@ class NonFiniteLogitsError(ValidatedLossError, ValueError, RuntimeError):
 class InplaceBackwardError(ValidatedLossError, ValueError):
     """inplace_backward=True for logits the gradient must not be written over (a leaf that
     requires grad, or a view of one)."""
+
+
+class LogitsModifiedError(ValidatedLossError, RuntimeError):
+    """Backward found the logits modified in place after the loss. validated_loss keeps the logits
+    themselves for the backward (torch keeps their log-softmax, a second logits-sized tensor), so
+    an edit made after the loss (logits.div_(T) for sampling) is refused where torch's backward
+    would not notice it."""
+
+
+def logits_modified_error(error: RuntimeError) -> Exception:
+    """autograd's "modified by an inplace operation" error at the loss's backward, explained; any
+    other error as it is."""
+    if "modified by an inplace operation" not in str(error):
+        return error
+    return LogitsModifiedError(
+        "backward of the cross-entropy loss: the logits were modified in place after the loss was computed "
+        "(e.g. logits.div_(temperature) for sampling, or masked_fill_ for metrics). validated_loss keeps the "
+        "logits themselves for the backward, where torch keeps a log-softmax copy (a second logits-sized "
+        "tensor), so torch would not have noticed the edit.\n"
+        "Fix: edit a copy (logits / T, or logits.detach().clone()), or run backward before editing.\n"
+        f"(autograd: {error})")
 
 
 # =============================================================================
@@ -1108,6 +1130,13 @@ def _hint_multi_label(input, target):
         "several labels per sample use F.binary_cross_entropy_with_logits.")
 
 
+def _looks_like_batch_size(n: int) -> bool:
+    """The only evidence two counts give: batch sizes are nearly always chosen round, a power of
+    two from 8 or a multiple of 10. Two final partial batches (1000 % 32 = 8 against
+    1010 % 32 = 18) give counts that are not, and then nothing is said about a batch size."""
+    return (n >= 8 and n & (n - 1) == 0) or (n >= 10 and n % 10 == 0)
+
+
 def _hint_batch_sizes(input, target) -> _Diagnosis:
     n_in, n_tgt = int(input.shape[0]), int(_target_batch_size(target))
     small, large = min(n_in, n_tgt), max(n_in, n_tgt)
@@ -1119,10 +1148,11 @@ def _hint_batch_sizes(input, target) -> _Diagnosis:
                else f"The input has {large // small} rows per target entry")
         sentences.append(f"{per}: a reshape, view(-1) or flatten merged a dimension into the "
                          "batch, or the two come from loaders with different batch_size.")
-    sentences.append(f"If {large} is the batch size, {small} looks like a final partial batch: "
-                     "inputs and targets are batched by different DataLoaders or datasets of "
-                     "different lengths (drop_last=True on one side only, or an uneven "
-                     "train/validation split).")
+    if _looks_like_batch_size(large):
+        sentences.append(f"If {large} is the batch size, {small} looks like a final partial batch: "
+                         "inputs and targets are batched by different DataLoaders or datasets of "
+                         "different lengths (drop_last=True on one side only, or an uneven "
+                         "train/validation split).")
     return _Diagnosis("batch", " ".join(sentences),
                       "batch inputs and targets together: one Dataset returning "
                       "(input, target) pairs, one DataLoader.")
@@ -1172,19 +1202,22 @@ def target_status(target, num_classes, ignore_index) -> torch.Tensor:
     count, -1, -1, -1): the non-finite-logit fields stay empty. No host sync:
     only the caller's ``.cpu()`` waits for it.
     """
-    status = torch.full((_STATUS_SIZE,), -1, dtype=torch.int64, device=target.device)
+    # Stacked from 0-dim fields, not written into by index: torch.func.vmap refuses in-place
+    # writes of batched values into an unbatched tensor.
+    none = torch.full((), -1, dtype=torch.int64, device=target.device)
+    fields = [none] * _STATUS_SIZE
     flat = target.reshape(-1).long()
     if flat.numel() == 0:
-        status[_STATUS_COUNT] = 0
-        return status
+        fields[_STATUS_COUNT] = torch.zeros_like(none)
+        return torch.stack(fields)
     invalid = ((flat < 0) | (flat >= int(num_classes))) & (flat != ignore_index)
     count = invalid.sum()
     first = invalid.to(torch.uint8).argmax()  # argmax returns the first maximum
     found = count > 0
-    status[_STATUS_POSITION] = torch.where(found, first, -1)
-    status[_STATUS_VALUE] = torch.where(found, flat[first], -1)
-    status[_STATUS_COUNT] = count
-    return status
+    fields[_STATUS_POSITION] = torch.where(found, first, -1)
+    fields[_STATUS_VALUE] = torch.where(found, flat[first], -1)
+    fields[_STATUS_COUNT] = count
+    return torch.stack(fields)
 
 
 def _find_out_of_range(input, target, ignore_index) -> Optional[TargetOutOfRangeError]:
@@ -1193,6 +1226,10 @@ def _find_out_of_range(input, target, ignore_index) -> Optional[TargetOutOfRange
     from . import _ops  # loads the compiled library
 
     classes = _num_classes(input)
+    # Under torch.func transforms (vmap of grad: per-sample gradients) the target may be a batched
+    # wrapper, whose values vmap does not let Python read: the check runs on the plain tensor
+    # underneath (every sample's targets; positions are that tensor's).
+    target = _unwrapped(target)
     status = target_status(target, classes, ignore_index).cpu()
     if int(status[_STATUS_COUNT]) <= 0:
         return None
@@ -1201,6 +1238,14 @@ def _find_out_of_range(input, target, ignore_index) -> Optional[TargetOutOfRange
     except IndexError as error:
         return target_error_from(error, ignore_index)
     return None
+
+
+def _unwrapped(tensor):
+    """The plain tensor under any torch.func wrappers (batched, grad-tracking)."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(tensor):
+        tensor = functorch.get_unwrapped(tensor)
+    return tensor
 
 
 # The kernel's messages (csrc/op_common.cpp) are the one place they are worded; the numbers the
@@ -1271,6 +1316,11 @@ def check_batch(input, target, weight=None, ignore_index=-100, label_smoothing=0
     not distributions, logits that look like softmax outputs. This may
     synchronise with the device; it is a debugging tool.
     """
+    for position, (name, value) in enumerate((("input", input), ("target", target)), start=1):
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"check_batch(): argument '{name}' (position {position}) must be a Tensor, not "
+                            f"{type(value).__name__} (as for cross_entropy: the logits and the targets of one "
+                            f"batch; convert with torch.as_tensor(...))")
     mode = "probs" if tuple(input.shape) == tuple(target.shape) else "index"
     report = BatchReport(ok=True, mode=mode)
     try:

@@ -6,8 +6,9 @@ vocab_parallel_cross_entropy
     equal those of ``torch.nn.functional.cross_entropy`` on the gathered logits, but only a few
     floats per row cross the network, never the logits:
 
-        1 int64 all_gather of 7 numbers per rank   shard sizes (class offsets), batch sizes, an
-                                                   argument signature, the range of the targets
+        1 int64 all_gather of 8 numbers per rank   shard sizes (class offsets), batch sizes, an
+                                                   argument signature, the range of the targets,
+                                                   a checksum of the targets
         1 all_reduce MAX of 1 float per row        row max M
         1 all_reduce SUM of 2-3 floats per row     sum exp(x - M), x_target - M and, with label
                                                    smoothing, sum_c w_c (x_c - M)
@@ -69,8 +70,8 @@ class RankMismatchError(ValidatedLossError, RuntimeError):
 # =============================================================================
 
 # The one all_gather of a call: (classes of the shard, input batch, target batch, signature,
-# argument error flag, smallest and largest non-ignored target), int64 each.
-METADATA_INTS_PER_RANK = 7
+# argument error flag, smallest and largest non-ignored target, target checksum), int64 each.
+METADATA_INTS_PER_RANK = 8
 
 
 class RowBytes(NamedTuple):
@@ -330,9 +331,19 @@ def vocab_parallel_cross_entropy(logits_shard, target, *, group=None, weight=Non
     bad = [r for r, row in enumerate(rows) if row[5] <= row[6] and (row[5] < 0 or row[6] >= num_classes)]
     if bad:
         raise _target_error(global_like, target, ignore_index, bad, rows, rank, num_classes)
+    differ = [r for r, row in enumerate(rows) if row[7] != rows[0][7]]
+    if differ:  # each rank would add another row's target logit: a silently wrong loss
+        raise RankMismatchError(
+            f"the ranks were given different targets: {_ranks_text(differ)} "
+            f"{'differs' if len(differ) == 1 else 'differ'} from rank 0 (same shape, other values or order; "
+            f"compared by checksum). vocab_parallel_cross_entropy needs the same target on every rank of the "
+            f"group: a data loader or sampler seeded per rank, or a target sharded like the logits?", ranks=differ)
 
+    # Under autocast the loss is float32, as cross_entropy's (torch's fp32 policy); the gradient
+    # keeps the logits' dtype.
+    acc_loss = diagnostics.autocast_enabled(logits_shard)
     return _VocabParallelCrossEntropy.apply(logits_shard, target, weight, offset, num_classes, reduction_code,
-                                            ignore_index, float(label_smoothing), group, world)
+                                            ignore_index, float(label_smoothing), group, world, acc_loss)
 
 
 def _with_classes(logits, num_classes) -> Tuple[int, ...]:
@@ -351,8 +362,8 @@ def _signature(logits, target, weight, ignore_index, label_smoothing, reduction)
 
 def _local_facts(logits, target, weight, ignore_index, label_smoothing, reduction, *, ok, device) -> torch.Tensor:
     """This rank's METADATA_INTS_PER_RANK int64s: (classes of the shard, input rows, target rows,
-    signature, arguments ok, smallest and largest non-ignored target). The target range stays on
-    the device: the all_gather carries it without a host sync of its own."""
+    signature, arguments ok, smallest and largest non-ignored target, target checksum). The target
+    range and checksum stay on the device: the all_gather carries them without a host sync of its own."""
     classes = int(logits.shape[1]) if logits.dim() >= 2 else (int(logits.shape[0]) if logits.dim() == 1 else -1)
     n_in, n_tgt = _batch_sizes(logits, target)
     weight_ok = weight is None or isinstance(weight, torch.Tensor)
@@ -361,12 +372,21 @@ def _local_facts(logits, target, weight, ignore_index, label_smoothing, reductio
     head = torch.tensor([classes, n_in, n_tgt, signature, int(ok)], dtype=torch.int64, device=device)
     lo = torch.full((), _NO_LO, dtype=torch.int64, device=target.device)
     hi = torch.full((), _NO_HI, dtype=torch.int64, device=target.device)
+    checksum = torch.zeros((), dtype=torch.int64, device=target.device)
     if ok and target.numel() > 0 and not target.is_floating_point() and not target.is_complex():
         flat = target.reshape(-1).long()
         counted = flat != ignore_index
         lo = torch.where(counted, flat, _NO_LO).amin()
         hi = torch.where(counted, flat, _NO_HI).amax()
-    return torch.cat([head, torch.stack([lo, hi]).to(device)])
+        checksum = _target_checksum(flat)
+    return torch.cat([head, torch.stack([lo, hi, checksum]).to(device)])
+
+
+def _target_checksum(flat):
+    """A position-weighted sum of the targets, exact in int64 (each term below 2^36, so no overflow
+    under 2^27 targets): another value or order gives another sum (barring collisions)."""
+    position = torch.arange(flat.numel(), device=flat.device) % 65521 + 1
+    return ((flat % (1 << 20)) * position).sum()
 
 
 def _target_error(global_like, target, ignore_index, bad, rows, rank, num_classes):
@@ -408,7 +428,8 @@ def _class_view(w, x):
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, weight, offset, num_classes, reduction, ignore_index, eps, group, world):
+    def forward(ctx, logits, target, weight, offset, num_classes, reduction, ignore_index, eps, group, world,
+                acc_loss=False):
         acc = _ops.accumulate_dtype(logits.dtype)
         x = logits.unsqueeze(0) if logits.dim() == 1 else logits  # (N, C_r, d1..dk)
         y = target.reshape(1) if logits.dim() == 1 else target     # (N, d1..dk)
@@ -473,7 +494,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
         ctx.save_for_backward(logits, y, weight, row_max, log_sum, w_target, total_weight)
         ctx.args = (offset, num_classes, reduction, ignore_index, eps)
-        return out.to(logits.dtype)
+        return out if acc_loss else out.to(logits.dtype)
 
     @staticmethod
     @once_differentiable
@@ -481,7 +502,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         logits, y, weight, row_max, log_sum, w_target, total_weight = ctx.saved_tensors
         offset, num_classes, reduction, ignore_index, eps = ctx.args
         if not ctx.needs_input_grad[0]:
-            return (None,) * 10
+            return (None,) * 11
         acc = row_max.dtype
         x = logits.unsqueeze(0) if logits.dim() == 1 else logits
         classes = x.shape[1]
@@ -520,4 +541,4 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         grad = grad.to(logits.dtype)
         if logits.dim() == 1:
             grad = grad.squeeze(0)
-        return (grad,) + (None,) * 9
+        return (grad,) + (None,) * 10

@@ -153,11 +153,22 @@ def float_argument(value, argument):
     return float(value)
 
 
+# csrc/row_geometry.h's kMaxRowDims: how many row dimensions that do not merge the kernels address.
+_KERNEL_ROW_DIMS = 16
+
+
+def _addressable(t):
+    """Logits (or probability targets) the kernels can address. Past _KERNEL_ROW_DIMS row
+    dimensions their strides may not merge: such a (rare) tensor is read through a contiguous copy,
+    whose row dimensions merge into two at most. Differentiable, like any copy."""
+    return t.contiguous() if t.dim() - 1 > _KERNEL_ROW_DIMS else t
+
+
 def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoothing, check_finite, validate,
                       llm=None, acc_loss=False, inplace_backward=False):
     llm = llm or NO_LLM_OPTIONS
     one_dim = input.dim() == 1  # (C,) logits with a () or (1,) target: one row
-    logits = input.unsqueeze(0) if one_dim else input
+    logits = input.unsqueeze(0) if one_dim else _addressable(input)
     rows = target.reshape(1) if one_dim else target
     eager = not torch.compiler.is_compiling()
     if not eager and validate == VALIDATE_MODES["sync"]:
@@ -195,7 +206,7 @@ def _probability_loss(input, target, weight, reduction, label_smoothing, check_f
         input, target = input.to(dtype), target.to(dtype)
         weight = weight.to(dtype) if weight is not None else None
     one_dim = input.dim() == 1
-    logits, probs = (input.unsqueeze(0), target.unsqueeze(0)) if one_dim else (input, target)
+    logits, probs = (input.unsqueeze(0), target.unsqueeze(0)) if one_dim else (_addressable(input), _addressable(target))
     if check_finite and not torch.compiler.is_compiling() and _deferred.may_queue(_deferred.SYNC, logits.device):
         _deferred.name_next_call()  # check_finite is 'sync' here; under capture the op queues it
     try:

@@ -6,8 +6,11 @@ validation and diagnostics as cross_entropy (metadata through diagnostics.check_
 stand-in for the logits, target values checked once up front over the whole target), and picks
 the path:
   * chunked (_linear_chunked): class-index targets, a 2-D linear_weight, a device with our
-    kernels, one floating dtype throughout; `options` only contributes its batch_chunk_size
-    and allow_retain_graph (the chunked path is always on);
+    kernels, one floating dtype throughout (class weights of any floating dtype where `options`
+    asks for torch's chunked path, as torch takes them there); `options` contributes its
+    batch_chunk_size, allow_retain_graph and the accumulate dtype it resolves to (acc_dtype,
+    acc_policy: half/bfloat16 computed in float32, as torch's chunked path) (the chunked path is
+    always on);
   * otherwise the logits are computed whole and passed to validated_loss.cross_entropy, as
     torch's reference path does (probability targets, K-dimensional weights, autocast, functorch
     transforms, forward-mode AD, mixed dtypes: torch's own errors then).
@@ -72,14 +75,25 @@ def linear_cross_entropy(
     if validate not in VALIDATE_MODES:
         raise ValueError(f"validate must be one of {sorted(VALIDATE_MODES)}, got {validate!r}")
     chunk_rows = _chunk_rows(chunk_size, options)
+    torch_chunked = _torch_takes_chunked_path(options, reduction, label_smoothing, target, linear_weight)
+    compute = _options_accumulate_dtype(options, input) if torch_chunked else None
     common = dict(weight=weight, reduction=reduction, ignore_index=ignore_index, label_smoothing=label_smoothing,
                   validate=validate, lse_square_scale=lse_square_scale, softcap=softcap, return_lse=return_lse)
     if probabilities or not _chunkable(input, linear_weight, linear_bias, target):
         return _whole_logits(input, linear_weight, target, linear_bias, logits_shape, options, common)
+    result_dtype = input.dtype
+    if compute is not None:
+        # torch's chunked path computes in the options' accumulate dtype (float32 for half and
+        # bfloat16 under acc_policy "auto"): so do we, through differentiable casts.
+        input, linear_weight = input.to(compute), linear_weight.to(compute)
+        linear_bias = None if linear_bias is None else linear_bias.to(compute)
 
     reduction_code = _reduction.get_enum(reduction)  # ValueError for unknown names, as torch
     ignore_index, label_smoothing = _check_argument_types(ignore_index, label_smoothing)
-    _check_metadata(input, linear_weight, target, weight, ignore_index, label_smoothing, logits_shape)
+    # torch's chunked path takes class weights of any floating dtype (the kernels read them in
+    # float32 or float64 anyway); its reference path, like cross_entropy, wants the input's.
+    checked_weight = weight.to(input.dtype) if torch_chunked and _is_float(weight) else weight
+    _check_metadata(input, linear_weight, target, checked_weight, ignore_index, label_smoothing, logits_shape)
     one_dim = input.dim() == 1
     x = input.unsqueeze(0) if one_dim else input
     rows = target.reshape(1) if one_dim else target
@@ -89,6 +103,7 @@ def linear_cross_entropy(
     plan = Plan(reduction_code, ignore_index, label_smoothing, llm, chunk_rows,
                 bool(getattr(options, "allow_retain_graph", False)))
     loss, lse = _run_chunked(x, linear_weight, linear_bias, rows.contiguous(), weight, plan)
+    loss = loss.to(result_dtype)
     if one_dim and reduction_code == 0:
         loss = loss.reshape(())
     return (loss, lse.reshape(target.shape)) if llm.return_lse else loss
@@ -121,6 +136,30 @@ def _check_shapes(input, linear_weight, linear_bias):
             f"K-dimensional loss defined by linear_weight shape {tuple(linear_weight.shape)} requires"
             f" batched input, (N, {in_features}), got unbatched input with shape {tuple(input.shape)}")
     return (*num_batches, num_classes, *out_features)
+
+
+def _is_float(t):
+    return t is not None and isinstance(t, torch.Tensor) and t.dtype in _FLOATS
+
+
+def _torch_takes_chunked_path(options, reduction, label_smoothing, target, linear_weight):
+    """Whether torch's F.linear_cross_entropy would take its chunked path (its own conditions)."""
+    return (options is not None and reduction in ("mean", "sum", "none") and label_smoothing == 0.0
+            and isinstance(target, torch.Tensor) and target.dtype == torch.int64 and linear_weight.dim() == 2
+            and not torch.jit.is_tracing())
+
+
+def _options_accumulate_dtype(options, input):
+    """The dtype torch's chunked path computes half/bfloat16 input in, from options.acc_dtype and
+    acc_policy (LinearCrossEntropyOptions._adjust's rule): float32 or float64, or None to compute
+    in the input's dtype."""
+    if input.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    acc = getattr(options, "acc_dtype", None)
+    if acc is None and getattr(options, "acc_policy", "auto") == "auto":
+        resolve = getattr(type(options), "_resolve_auto_acc_dtype", None)
+        acc = resolve(input.dtype, input.device) if resolve is not None else torch.float32
+    return acc if acc in (torch.float32, torch.float64) else None
 
 
 def _chunk_rows(chunk_size, options):

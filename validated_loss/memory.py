@@ -10,8 +10,13 @@ memory no tensor uses: free it with empty_cache(), like torch.cuda.empty_cache()
 """
 
 import contextlib
+import operator
+import threading
 
 from ._ops import ops
+
+# The op's int64 argument: a larger limit means "no limit" and is held as this.
+_MAX_LIMIT = 2**63 - 1
 
 
 def empty_cache():
@@ -21,9 +26,13 @@ def empty_cache():
 
 def set_gradient_cache_limit(limit_bytes):
     """Set the most bytes the cache may hold (0 disables it and frees it); returns the old limit."""
-    if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes < 0:
+    try:
+        limit = None if isinstance(limit_bytes, bool) else operator.index(limit_bytes)  # numpy integers too
+    except TypeError:
+        limit = None
+    if limit is None or limit < 0:
         raise ValueError(f"limit_bytes must be a non-negative int, got {limit_bytes!r}")
-    return ops.set_gradient_cache_limit(limit_bytes)
+    return ops.set_gradient_cache_limit(min(limit, _MAX_LIMIT))
 
 
 def gradient_cache_bytes():
@@ -31,12 +40,28 @@ def gradient_cache_bytes():
     return ops.gradient_cache_bytes()
 
 
+# gradient_cache_disabled() blocks open in any thread, and whether the cache was on before the
+# first: the switch is process-wide, so overlapping blocks (threads) are counted and the last to
+# close restores the state the first found.
+_disabled_lock = threading.Lock()
+_disabled_count = 0
+_enabled_before = True
+
+
 @contextlib.contextmanager
 def gradient_cache_disabled():
     """Within it, every gradient gets fresh memory and dead ones are freed (what torch's allocator
-    does); the blocks the cache already holds stay for afterwards. The benchmark's comparison row."""
-    previous = ops.set_gradient_cache_enabled(False)
+    does); the blocks the cache already holds stay for afterwards. The benchmark's comparison row.
+    Process-wide while any such block is open (thread-safe: blocks are counted)."""
+    global _disabled_count, _enabled_before
+    with _disabled_lock:
+        if _disabled_count == 0:
+            _enabled_before = ops.set_gradient_cache_enabled(False)
+        _disabled_count += 1
     try:
         yield
     finally:
-        ops.set_gradient_cache_enabled(previous)
+        with _disabled_lock:
+            _disabled_count -= 1
+            if _disabled_count == 0:
+                ops.set_gradient_cache_enabled(_enabled_before)

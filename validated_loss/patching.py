@@ -29,11 +29,19 @@ Semantics:
   up at call time, ``F.cross_entropy``, is reached). Patch before importing such
   code if it binds names that way.
 * The patch is process-wide (all threads), like any monkeypatch.
+* TorchScript: ``torch.jit.script`` of code that uses the patched names compiles torch's own
+  cross-entropy (ours takes keyword-only arguments TorchScript cannot compile), so scripted
+  models keep working and compute torch's result.
+* Pickling: a criterion built while patched pickles as ``torch.nn.CrossEntropyLoss`` (a
+  checkpoint loads without validated_loss; where the patch is in force it loads as ours), so do
+  torch's own instances while patched (torch's class gets a ``__reduce_ex__`` for the duration),
+  and a torch ``CrossEntropyLoss`` pickled elsewhere loads and runs while patched.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copyreg
 import functools
 import threading
 import warnings
@@ -59,6 +67,16 @@ _saved = None
 _depth = threading.local()
 
 
+def _reduce_as_torch(self, protocol):
+    """Pickles a criterion under torch's name, torch.nn.modules.loss.CrossEntropyLoss, which is
+    PatchedCrossEntropyLoss while patched and torch's class otherwise: written as whichever is
+    there now (pickle insists), loaded as whichever is there then; checkpoints never need us."""
+    cls = PatchedCrossEntropyLoss if is_patched() else _TORCH_CROSS_ENTROPY_LOSS
+    # copyreg's reconstructor (object.__new__(cls), then Module.__setstate__): the standard
+    # library's, and unlike __newobj__ it may name a class other than the object's own.
+    return copyreg._reconstructor, (cls, object, None), self.__dict__.copy()
+
+
 class _PatchedMeta(type(_TORCH_CROSS_ENTROPY_LOSS)):
     """Lets ``isinstance(m, torch.nn.CrossEntropyLoss)`` keep accepting modules created
     from torch's class before the patch (and ``issubclass`` their classes)."""
@@ -79,9 +97,32 @@ class PatchedCrossEntropyLoss(_loss.CrossEntropyLoss, metaclass=_PatchedMeta):
     (``isinstance(m, validated_loss.CrossEntropyLoss)`` is True), named
     ``CrossEntropyLoss`` in its repr like torch's."""
 
+    # A torch CrossEntropyLoss pickled without the patch (torch.load of a whole model, a
+    # multiprocessing hand-off) is unpickled as this class while patched: no __init__ runs, so
+    # validated_loss's extra options come from here, at their defaults.
+    validate = "sync"
+    check_finite = False
+    lse_square_scale = 0.0
+    softcap = None
+    return_lse = False
+    inplace_backward = False
 
-# repr() and error messages show torch's name; pickle finds the class by its __qualname__.
+    __reduce_ex__ = _reduce_as_torch
+
+    def __prepare_scriptable__(self):
+        """torch.jit.script compiles torch's forward in our place (same options, same weight
+        buffer): TorchScript cannot compile validated_loss's. Scripting puts the module returned
+        here into the parent module; eager calls of it still reach ours through F.cross_entropy."""
+        module = _TORCH_CROSS_ENTROPY_LOSS.__new__(_TORCH_CROSS_ENTROPY_LOSS)
+        module.__dict__.update(self.__dict__)
+        return module
+
+
+# repr() and error messages show torch's name, and pickle writes torch's reference
+# (torch.nn.modules.loss.CrossEntropyLoss), which is this very class while patched.
 PatchedCrossEntropyLoss.__name__ = "CrossEntropyLoss"
+PatchedCrossEntropyLoss.__qualname__ = "CrossEntropyLoss"
+PatchedCrossEntropyLoss.__module__ = _TORCH_CROSS_ENTROPY_LOSS.__module__
 
 
 def _make_cross_entropy(original):
@@ -100,6 +141,19 @@ def _make_cross_entropy(original):
             _depth.value = depth
 
     return cross_entropy
+
+
+def _script_as_torch(replacement, original):
+    """Tells TorchScript's function cache that `replacement` compiles to torch's `original`:
+    scripted code that looks up F.cross_entropy while patched calls torch's op. Best effort: where
+    torch cannot script its own function (a build without TorchScript) nothing changes."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.script's deprecation warning (torch >= 2.13)
+            compiled = torch.jit.script(original)
+        torch.jit._state._set_jit_function_cache(replacement, compiled)
+    except Exception:  # noqa: BLE001  (any failure leaves scripting as it was: unable to compile ours)
+        pass
 
 
 def _namespaces():
@@ -132,12 +186,16 @@ def patch() -> None:
         pairs = _namespaces()
         function_original = getattr(torch.nn.functional, "cross_entropy")
         replacement_function = _make_cross_entropy(function_original)
+        _script_as_torch(replacement_function, function_original)
         saved = []
         for space, name in pairs:
             replacement = PatchedCrossEntropyLoss if name == "CrossEntropyLoss" else replacement_function
             saved.append((space, name, getattr(space, name), replacement))
         for space, name, _, replacement in saved:
             setattr(space, name, replacement)
+        # torch's own instances (made before the patch, or swapped in by scripting) pickle under
+        # the same name too: pickle refuses to write a class reference that resolves elsewhere.
+        _TORCH_CROSS_ENTROPY_LOSS.__reduce_ex__ = _reduce_as_torch
         _saved = saved
 
 
@@ -149,6 +207,8 @@ def unpatch() -> None:
         if _saved is None:
             return
         saved, _saved = _saved, None
+        if _TORCH_CROSS_ENTROPY_LOSS.__dict__.get("__reduce_ex__") is _reduce_as_torch:
+            del _TORCH_CROSS_ENTROPY_LOSS.__reduce_ex__
         for space, name, original, replacement in saved:
             current = getattr(space, name, None)
             if current is replacement:

@@ -62,11 +62,16 @@ Tensor new_loss_rows(const Tensor& logits, int64_t reduction, at::ScalarType dty
 }
 
 // The reduced loss as a 0-dim tensor of `dtype` (loss_dtype), or the per-row losses.
-Tensor reduced_loss(const ForwardTotals& totals, int64_t reduction, double mean_divisor, const Tensor& loss_rows,
-                    const Tensor& logits, at::ScalarType dtype) {
+Tensor reduced_loss(const ForwardTotals& totals, int64_t reduction, double mean_divisor, bool smoothing,
+                    const Tensor& loss_rows, const Tensor& logits, at::ScalarType dtype) {
   if (reduction == kReductionNone) return loss_rows;
-  const double value = reduction == kReductionMean ? mean_loss(totals.loss_sum, mean_divisor) : totals.loss_sum;
-  return at::scalar_tensor(value, logits.options().dtype(dtype));
+  double value = totals.loss_sum;
+  if (reduction == kReductionMean) {
+    value = accumulate_dtype(logits.scalar_type()) == at::kDouble
+                ? mean_loss<double>(totals.loss_sum, mean_divisor, smoothing)
+                : mean_loss<float>(totals.loss_sum, mean_divisor, smoothing);
+  }
+  return narrowed_scalar(value, logits.options().dtype(dtype));
 }
 
 Tensor status_of(const ForwardTotals& totals, const Tensor& logits) {
@@ -137,8 +142,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
                               forward_outputs(loss_rows, lse, check_finite, logits));
   const Tensor status = status_of(totals, logits);
   raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
-  return {reduced_loss(totals, reduction, totals.total_weight, loss_rows, logits, out_dtype), lse,
-          at::scalar_tensor(totals.total_weight, logits.options().dtype(acc)), status};
+  return {reduced_loss(totals, reduction, totals.total_weight, label_smoothing > 0, loss_rows, logits, out_dtype), lse,
+          narrowed_scalar(totals.total_weight, logits.options().dtype(acc)), status};
 }
 
 // The class-index gradient: into a fresh tensor, or (in_place) over the logits themselves, which
@@ -210,8 +215,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
                                    grad_output_of(logits));
   const Tensor status = status_of(totals, logits);
   raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
-  const Tensor loss = reduction == kReductionNone ? loss_rows : at::scalar_tensor(totals.loss_sum, lse.options());
-  return {loss, lse, at::scalar_tensor(totals.total_weight, logits.options().dtype(acc)), status};
+  const Tensor loss = reduction == kReductionNone ? loss_rows : narrowed_scalar(totals.loss_sum, lse.options());
+  return {loss, lse, narrowed_scalar(totals.total_weight, logits.options().dtype(acc)), status};
 }
 
 std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cpu(const Tensor& logits, const Tensor& target,
@@ -230,8 +235,10 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cpu(const Tensor& logi
   const Tensor status = status_of(totals, logits);
   raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, -100, logits.sizes());
   // Torch's mean over probability targets divides by the number of rows, never by weights.
-  return {reduced_loss(totals, reduction, static_cast<double>(x.geo.num_rows), loss_rows, logits, out_dtype), lse,
-          status};
+  // label smoothing plays no part in that divisor.
+  return {reduced_loss(totals, reduction, prob_mean_divisor(x.geo.num_rows, x.geo.num_classes), false, loss_rows,
+                       logits, out_dtype),
+          lse, status};
 }
 
 std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cpu(const Tensor& grad_loss, const Tensor& logits,

@@ -518,9 +518,11 @@ template <typename acc_t>
 LossConstants<acc_t> loss_constants(const LossOptions& o, int64_t num_classes) {
   acc_t sum_weight = acc_t(num_classes);
   if (o.weight) {
+    // In double: one by one in float32, 32000 weights drift by ~1e-6 relative (torch: ~1e-7).
     const acc_t* w = static_cast<const acc_t*>(o.weight);
-    sum_weight = 0;
-    for (int64_t c = 0; c < num_classes; ++c) sum_weight += w[c];
+    double sum = 0;
+    for (int64_t c = 0; c < num_classes; ++c) sum += static_cast<double>(w[c]);
+    sum_weight = static_cast<acc_t>(sum);
   }
   return {num_classes, static_cast<acc_t>(o.label_smoothing), sum_weight, static_cast<acc_t>(o.z_scale),
           static_cast<acc_t>(o.softcap)};
@@ -610,7 +612,8 @@ void index_grad_row(const scalar_t* row, int64_t x_stride, scalar_t* grow, int64
     const acc_t* xs = load_logits(row, x_stride, c0, n, xbuf, k.softcap);
     SpreadPrefetch pf = spread_prefetch_next(row, next_row, x_stride, c0, C, n / Vectorized<acc_t>::size());
     acc_t* out = chunk_target(grow, g_stride, c0, gbuf);
-    chunk_grad<acc_t>(out, xs, w ? w + c0 : nullptr, nullptr, n, lse, scale, mass, acc_t(0), smoothing_per_class(k),
+    const acc_t* ws = smoothing_weights(k, w);
+    chunk_grad<acc_t>(out, xs, ws ? ws + c0 : nullptr, nullptr, n, lse, scale, mass, acc_t(0), smoothing_per_class(k),
                       extra, &pf);
     pf.finish();
     if (has_softcap(k)) chunk_softcap_grad(out, xs, n, k.softcap);
@@ -663,7 +666,8 @@ void index_backward_lanes(const LogitsView& xv, const IndexTargets& t, const Los
       const Vec vcap(k.softcap), one(acc_t(1));
       for (int64_t c = 0; c < C; ++c) {
         const Vec xc = Vec::loadu(buf + c * L);
-        Vec gc = vks * vexp((xc - vmax) - vlog_sum) - vke * Vec(w ? w[c] : acc_t(1));
+        const acc_t* ws = smoothing_weights(k, w);
+        Vec gc = vks * vexp((xc - vmax) - vlog_sum) - vke * Vec(ws ? ws[c] : acc_t(1));
         if (has_softcap(k)) {
           const Vec tc = xc / vcap;
           gc = gc * (one - tc * tc);
@@ -744,7 +748,8 @@ void index_backward_packed_rows(const LogitsView& xv, const IndexTargets& t, con
   const acc_t eps = smoothing_per_class(k);
   // Weights padded to whole vectors, once (the padding lanes' gradients are dropped).
   alignas(64) acc_t wpad[kLaneRowsMaxClasses];
-  for (int64_t c = 0; c < padded; ++c) wpad[c] = c < C && w ? w[c] : acc_t(1);
+  const acc_t* ws = smoothing_weights(k, w);
+  for (int64_t c = 0; c < padded; ++c) wpad[c] = c < C && ws ? ws[c] : acc_t(1);
   const bool lane_groups = lane_group_backward_ok(k, w, gs);
   const int64_t N = xv.geo.num_rows;
   const bool overlapping = reinterpret_cast<const char*>(grad) < reinterpret_cast<const char*>(x + N * C) &&
@@ -987,6 +992,21 @@ void index_backward_typed(const LogitsView& xv, const IndexTargets& t, const Los
 // ---------------------------------------------------------------------------------------------
 // Probability targets (same dtype and shape as the logits, any strides).
 
+// A probability row's loss term by term, sum_c w_c q'_c (lse - x_c), as torch forms it. The
+// shifted sums give NaN where torch gives +inf: a +inf target probability (inf - inf, or inf * 0
+// at the reference class), a -inf logit whose target is 0 under smoothing (0 * -inf in swqd);
+// prob_forward_typed recomputes such rows (only those) here.
+template <typename scalar_t, typename acc_t>
+acc_t prob_row_loss_direct(const scalar_t* x_row, int64_t x_stride, const scalar_t* q_row, int64_t q_stride,
+                           const acc_t* w, const LossConstants<acc_t>& k, RowLse<acc_t> lse) {
+  acc_t loss = 0;
+  for (int64_t c = 0; c < k.num_classes; ++c) {
+    const acc_t a = prob_target_mass(k, w ? w[c] : acc_t(1), static_cast<acc_t>(q_row[c * q_stride]));
+    loss += a * lse_minus(lse, static_cast<acc_t>(x_row[c * x_stride]));
+  }
+  return loss;
+}
+
 template <typename scalar_t>
 ForwardTotals prob_forward_typed(const LogitsView& xv, const LogitsView& qv, const LossOptions& o,
                                  const ForwardOutputs& out) {
@@ -1007,7 +1027,11 @@ ForwardTotals prob_forward_typed(const LogitsView& xv, const LogitsView& qv, con
     note_nonfinite(part, r, scan.nonfinite_class);
     const RowLse<acc_t> lse = row_lse(scan.lse);
     // An empty class dimension has nothing to sum: the row's loss is 0, as torch's sum over it.
-    const acc_t loss = g.num_classes == 0 ? acc_t(0) : prob_row_loss(k, lse, scan.ref, scan.sums);
+    acc_t loss = g.num_classes == 0 ? acc_t(0) : prob_row_loss(k, lse, scan.ref, scan.sums);
+    if (loss != loss && is_finite(lse.max) && is_finite(lse.log_sum)) {
+      loss = prob_row_loss_direct(x + row_offset(g, r), g.class_stride, q + row_offset(qv.geo, r), qv.geo.class_stride,
+                                  w, k, lse);
+    }
     part.loss_sum += loss;
     store_row_lse(lse_out, r, lse);
     store_row_loss<scalar_t>(out, r, loss);
