@@ -25,7 +25,8 @@ test: build
 # The kernels are compiled for three CPU capabilities and the machine runs the widest; this runs
 # the kernel suites on the two narrower builds too (ATen honours ATEN_CPU_CAPABILITY).
 ISA_TESTS := tests/test_parity.py tests/test_properties.py tests/test_kernel_paths.py tests/test_llm_options.py \
-	tests/test_gradient_cache.py tests/test_inplace_backward.py tests/test_exp_accuracy.py
+	tests/test_gradient_cache.py tests/test_inplace_backward.py tests/test_exp_accuracy.py tests/test_wrong_numbers.py \
+	tests/test_nonfinite_corners.py
 test-isa: build
 	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest $(ISA_TESTS) -p no:cacheprovider
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest $(ISA_TESTS) -p no:cacheprovider

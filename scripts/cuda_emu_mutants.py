@@ -2,7 +2,7 @@
 with one deliberate defect, built by scripts/build_cuda_emu.py and run against a part of
 tests/test_cuda_emu.py, which must fail. Exit status 1 if any mutant survives.
 
-    python scripts/cuda_emu_mutants.py        (make test-cuda-emu-mutants)
+    python scripts/cuda_emu_mutants.py [NAME ...]     (make test-cuda-emu-mutants: all of them)
 """
 
 import os
@@ -30,9 +30,10 @@ MUTANTS = {
         lambda m: "c = s.tail_begin + lane; c < s.num_classes - 1;",
         "the scalar tail after a row's 16-byte vectors stops one element early"),
     "status-written-by-every-row": (
-        "cuda/row_ops.h", r"totals\.invalid = invalid_merge\(totals\.invalid, InvalidTarget\{row, y, 1\}\);",
-        lambda m: "totals.invalid = InvalidTarget{row, y, 1};",
-        "each invalid row overwrites the block's status record instead of keeping the first"),
+        "cuda/row_scan.h", r"t\.invalid = invalid_merge\(a\.invalid, b\.invalid\);",
+        lambda m: ("t.invalid = b.invalid.position >= 0 ? b.invalid : a.invalid; "
+                   "t.invalid.count = a.invalid.count + b.invalid.count;"),
+        "every partial status with an invalid row overwrites the merged record instead of the first keeping it"),
 }
 
 TESTS = ["tests/test_cuda_emu.py", "-x", "-q", "-p", "no:cacheprovider", "-k",
@@ -68,8 +69,13 @@ def build(name, tree):
 
 
 def main():
+    names = sys.argv[1:] or list(MUTANTS)
+    unknown = [n for n in names if n not in MUTANTS]
+    if unknown:
+        raise SystemExit(f"unknown mutants {unknown}; known: {list(MUTANTS)}")
     survivors = []
-    for name, (path, _, _, what) in MUTANTS.items():
+    for name in names:
+        path, _, _, what = MUTANTS[name]
         start = time.time()
         library = build(name, mutate(name))
         env = dict(os.environ, VALIDATED_LOSS_C_LIBRARY=library)
@@ -80,7 +86,7 @@ def main():
               + (f"\n    first failure: {failed[0][7:][:150]}" if failed else ""), flush=True)
         if not caught:
             survivors.append(name)
-    print(f"cuda_emu_mutants: {len(MUTANTS) - len(survivors)} of {len(MUTANTS)} broken kernels caught")
+    print(f"cuda_emu_mutants: {len(names) - len(survivors)} of {len(names)} broken kernels caught")
     return 1 if survivors else 0
 
 
