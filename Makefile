@@ -63,10 +63,13 @@ asan: $(DEPS)
 # (validated_loss/_library.py), and run through the public API: the emulation layer's self-test,
 # the GPU grid (tests/cuda_grid.py) under seeded random schedules, then a reduced grid with the
 # library built under AddressSanitizer + UndefinedBehaviorSanitizer.
+# Besides its own suite, the CPU suites that compare the public API with torch on corner cases run
+# through the emulated CUDA kernels too (the CPU-kernel-specific suites do not apply there).
+CUDA_EMU_TESTS := tests/test_cuda_emu.py tests/test_wrong_numbers.py tests/test_nonfinite_corners.py
 test-cuda-emu: $(DEPS)
 	$(PY) -m pytest tests/test_cuda_emu_layer.py -p no:cacheprovider
 	$(PY) scripts/build_cuda_emu.py
-	VALIDATED_LOSS_C_LIBRARY=$$(ls build/cuda-emu/plain/_C*.so) $(PY) -m pytest tests/test_cuda_emu.py -p no:cacheprovider
+	VALIDATED_LOSS_C_LIBRARY=$$(ls build/cuda-emu/plain/_C*.so) $(PY) -m pytest $(CUDA_EMU_TESTS) -p no:cacheprovider
 	$(PY) scripts/build_cuda_emu.py --sanitize
 	VALIDATED_LOSS_C_LIBRARY=$$(ls build/cuda-emu/sanitize/_C*.so) VL_CUDA_EMU_REDUCED=1 \
 		LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \

@@ -305,6 +305,20 @@ XENT_HD acc_t prob_target_mass(const LossConstants<acc_t>& k, acc_t w_c, acc_t q
   return w_c * (target_share(k) * q_c + smoothing_per_class(k));
 }
 
+// The same loss term by term, w_c q'_c (lse - x_c) summed over c as torch forms it. The shifted
+// sums above give NaN where torch gives +inf: a +inf target probability (inf - inf, or inf * 0 at
+// the reference class), a -inf logit whose target is 0 under smoothing (0 * -inf in swqd). Rows
+// where prob_row_needs_terms says so are summed again with prob_loss_term (CPU and CUDA).
+template <typename acc_t>
+XENT_HD acc_t prob_loss_term(const LossConstants<acc_t>& k, acc_t w_c, acc_t q_c, RowLse<acc_t> lse, acc_t x_c) {
+  return prob_target_mass(k, w_c, q_c) * lse_minus(lse, x_c);
+}
+
+template <typename acc_t>
+XENT_HD bool prob_row_needs_terms(acc_t loss, RowLse<acc_t> lse) {
+  return loss != loss && lse.max - lse.max == acc_t(0) && lse.log_sum - lse.log_sum == acc_t(0);
+}
+
 // d loss / d q_c of a probability row: -k (1 - eps) w_c log p_c.
 template <typename acc_t>
 XENT_HD acc_t prob_target_grad(const LossConstants<acc_t>& k, acc_t scale, acc_t w_c, acc_t x, RowLse<acc_t> lse) {

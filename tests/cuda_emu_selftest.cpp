@@ -74,6 +74,14 @@ __global__ void votes(unsigned* out) {
   out[threadIdx.x * 3 + 2] = __all_sync(0xffffffffu, lane < 40);
 }
 
+__global__ void barrier_votes(int* out) {
+  const int t = static_cast<int>(threadIdx.x);
+  if (t >= 200) return;  // exited threads do not count
+  out[t * 3 + 0] = __syncthreads_count(t % 3 == 0);
+  out[t * 3 + 1] = __syncthreads_or(t == 150);
+  out[t * 3 + 2] = __syncthreads_and(t < 199);
+}
+
 __global__ void divergent_barrier() {
   if (threadIdx.x < 16) {
     __syncthreads();
@@ -212,6 +220,12 @@ static void test_shuffles() {
     CHECK(v[t * 3] == ballot, "ballot thread %d: %x", t, v[t * 3]);
     CHECK(v[t * 3 + 1] == (t < 32 ? 1u : 0u), "any thread %d", t);
     CHECK(v[t * 3 + 2] == 1u, "all thread %d", t);
+  }
+  std::vector<int> bv(256 * 3, -1);
+  VL_LAUNCH(1, 256, 0, nullptr, barrier_votes)(bv.data());
+  for (int t = 0; t < 200; ++t) {
+    CHECK(bv[t * 3] == 67 && bv[t * 3 + 1] == 1 && bv[t * 3 + 2] == 0, "barrier votes thread %d: %d %d %d", t,
+          bv[t * 3], bv[t * 3 + 1], bv[t * 3 + 2]);
   }
   std::vector<int> half(16, -1);
   VL_LAUNCH(1, 32, 0, nullptr, partial_mask)(half.data());

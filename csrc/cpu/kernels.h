@@ -992,17 +992,15 @@ void index_backward_typed(const LogitsView& xv, const IndexTargets& t, const Los
 // ---------------------------------------------------------------------------------------------
 // Probability targets (same dtype and shape as the logits, any strides).
 
-// A probability row's loss term by term, sum_c w_c q'_c (lse - x_c), as torch forms it. The
-// shifted sums give NaN where torch gives +inf: a +inf target probability (inf - inf, or inf * 0
-// at the reference class), a -inf logit whose target is 0 under smoothing (0 * -inf in swqd);
-// prob_forward_typed recomputes such rows (only those) here.
+// A probability row's loss term by term (xent_row.h's prob_loss_term), for the rows
+// prob_row_needs_terms names.
 template <typename scalar_t, typename acc_t>
 acc_t prob_row_loss_direct(const scalar_t* x_row, int64_t x_stride, const scalar_t* q_row, int64_t q_stride,
                            const acc_t* w, const LossConstants<acc_t>& k, RowLse<acc_t> lse) {
   acc_t loss = 0;
   for (int64_t c = 0; c < k.num_classes; ++c) {
-    const acc_t a = prob_target_mass(k, w ? w[c] : acc_t(1), static_cast<acc_t>(q_row[c * q_stride]));
-    loss += a * lse_minus(lse, static_cast<acc_t>(x_row[c * x_stride]));
+    loss += prob_loss_term(k, w ? w[c] : acc_t(1), static_cast<acc_t>(q_row[c * q_stride]), lse,
+                           static_cast<acc_t>(x_row[c * x_stride]));
   }
   return loss;
 }
@@ -1028,7 +1026,7 @@ ForwardTotals prob_forward_typed(const LogitsView& xv, const LogitsView& qv, con
     const RowLse<acc_t> lse = row_lse(scan.lse);
     // An empty class dimension has nothing to sum: the row's loss is 0, as torch's sum over it.
     acc_t loss = g.num_classes == 0 ? acc_t(0) : prob_row_loss(k, lse, scan.ref, scan.sums);
-    if (loss != loss && is_finite(lse.max) && is_finite(lse.log_sum)) {
+    if (prob_row_needs_terms(loss, lse)) {
       loss = prob_row_loss_direct(x + row_offset(g, r), g.class_stride, q + row_offset(qv.geo, r), qv.geo.class_stride,
                                   w, k, lse);
     }

@@ -60,11 +60,41 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     const acc_t ref = (scan && o.need_sums && C > 0) ? row_reference(load.logit(row[0])) : acc_t(0);
     LaneState<acc_t> st = scan_lane<acc_t, V>(span, s.lane, plan.team, load, w, ref, o);
     st = Team::all(st, plan.team, team_storage);
+    // Probability rows whose shifted sums are NaN where torch's loss is +inf are summed again,
+    // term by term (prob_row_needs_terms). Every lane of a team holds the same combined state, so
+    // the decision is the team's; the block votes so that the second reduction runs in every
+    // thread (its shuffles and barriers need the whole warp and block).
+    [[maybe_unused]] acc_t term_loss = acc_t(0);
+    [[maybe_unused]] bool by_terms = false;
+    if constexpr (kProb) {
+      const RowLse<acc_t> lse = row_lse(st.lse);
+      by_terms = scan && C > 0 && prob_row_needs_terms(prob_row_loss(k, lse, ref, st.sums), lse);
+      if (__syncthreads_or(by_terms)) {
+        LaneState<acc_t> terms = lane_empty<acc_t>();
+        if (by_terms) {
+          auto add = [&](int64_t c, acc_t xc, acc_t qc) { terms.sums.swd += prob_loss_term(k, w ? w[c] : acc_t(1), qc, lse, xc); };
+          for_each_unit(
+              span, s.lane, plan.team,
+              [&](int64_t c) {
+                acc_t xc, qc;
+                load.scalar(c, xc, qc);
+                add(c, xc, qc);
+              },
+              [&](int64_t c0) {
+                acc_t xs[V], qs[V];
+                load.vector(c0, xs, qs);
+VL_UNROLL
+                for (int j = 0; j < V; ++j) add(c0 + j, xs[j], qs[j]);
+              });
+        }
+        term_loss = Team::all(terms, plan.team, team_storage).sums.swd;
+      }
+    }
 
     if (in_range && s.lane == 0) {
       RowOut<acc_t> out;
       if constexpr (kProb) {
-        out = prob_row_finish(k, s.row, ref, st, totals);
+        out = prob_row_finish(k, s.row, ref, st, totals, by_terms ? &term_loss : nullptr);
       } else {
         const bool valid = kind == kTargetValid;
         const acc_t x_y = valid ? load.logit(row[y * x_stride]) : acc_t(0);

@@ -57,6 +57,8 @@ struct EmuThread {
   int param = 0;
   int width = kWarp;
   size_t bytes = 0;
+  int predicate = 0;       // at a barrier: this thread's predicate; after it: the block's count
+  int arrived = 0;         // after a barrier: how many threads it released
   unsigned char value[16]{};
   unsigned char result[16]{};
   std::exception_ptr exception;
@@ -160,11 +162,14 @@ class BlockRun {
   const LaunchConfig& config() const { return config_; }
   void* shared() { return shared_.data() + (16 - reinterpret_cast<uintptr_t>(shared_.data()) % 16) % 16; }
 
-  void syncthreads(Site site) {
+  int syncthreads(Site site, int predicate, int* arrived) {
     EmuThread& t = self();
     t.state = State::kBarrier;
     t.site = site;
+    t.predicate = predicate != 0;
     t.fiber->yield();
+    if (arrived) *arrived = t.arrived;
+    return t.predicate;
   }
 
   void warp_op(WarpOp op, unsigned mask, const void* value, size_t bytes, int param, int width, void* result,
@@ -349,6 +354,12 @@ class BlockRun {
       }
       waiting.push_back(t->tid);
     }
+    int count = 0;
+    for (int tid : waiting) count += threads_[tid]->predicate;
+    for (int tid : waiting) {
+      threads_[tid]->predicate = count;
+      threads_[tid]->arrived = static_cast<int>(waiting.size());
+    }
     make_ready(waiting);
   }
 
@@ -531,7 +542,9 @@ const uint3_t& block_idx() { return current_block().block_idx(); }
 const uint3_t& block_dim() { return current_block().config().block; }
 const uint3_t& grid_dim() { return current_block().config().grid; }
 void* dynamic_shared_memory() { return current_block().shared(); }
-void syncthreads(Site site) { current_block().syncthreads(site); }
+int syncthreads(Site site, int predicate, int* arrived) {
+  return current_block().syncthreads(site, predicate, arrived);
+}
 unsigned active_mask() { return current_block().active_mask(); }
 
 void warp_op(WarpOp op, unsigned mask, const void* value, size_t bytes, int param, int width, void* result,

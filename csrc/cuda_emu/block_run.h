@@ -71,7 +71,9 @@ const uint3_t& block_idx();
 const uint3_t& block_dim();
 const uint3_t& grid_dim();
 void* dynamic_shared_memory();
-void syncthreads(Site site);
+// __syncthreads(); with a predicate (the _count/_and/_or forms): returns how many live threads
+// arrived with a nonzero predicate, and (arrived) how many arrived.
+int syncthreads(Site site, int predicate = 0, int* arrived = nullptr);
 // value/result: `bytes` (<= 16) of the lane's operand and result; param: source lane, delta or
 // lane mask; predicate ops pass an int and get an unsigned (ballot) or int.
 void warp_op(WarpOp op, unsigned mask, const void* value, size_t bytes, int param, int width, void* result,

@@ -34,6 +34,14 @@ using uint3 = vl_emu::uint3_t;
 #define VL_EMU_HERE ::vl_emu::Site{vl_file, vl_line}
 
 inline void __syncthreads(VL_EMU_SITE) { ::vl_emu::syncthreads(VL_EMU_HERE); }
+inline int __syncthreads_count(int predicate, VL_EMU_SITE) { return ::vl_emu::syncthreads(VL_EMU_HERE, predicate); }
+inline int __syncthreads_or(int predicate, VL_EMU_SITE) {
+  return ::vl_emu::syncthreads(VL_EMU_HERE, predicate) > 0;
+}
+inline int __syncthreads_and(int predicate, VL_EMU_SITE) {
+  int arrived = 0;
+  return ::vl_emu::syncthreads(VL_EMU_HERE, predicate, &arrived) == arrived;
+}
 inline void __syncwarp(unsigned mask = 0xffffffffu, VL_EMU_SITE) {
   ::vl_emu::warp_op(::vl_emu::WarpOp::kSyncWarp, mask, nullptr, 0, 0, 32, nullptr, VL_EMU_HERE);
 }
