@@ -47,7 +47,7 @@ CallSite new_call_site(at::IntArrayRef target_sizes, int64_t num_classes, int64_
 }
 
 size_t pending_checks() {
-  return status_queue().size() + graph_slots().watched();
+  return status_queue().size() + graph_slots().needing_check();
 }
 
 void clear_checks() {
@@ -56,10 +56,17 @@ void clear_checks() {
 }
 
 void raise_deferred_errors() {
+  // Only what was examined is dropped: the queue drops its entries itself when it finds an error
+  // (under its lock; an entry another thread pushes afterwards stays), and an error found there
+  // discards the slots' unread records (they would repeat it). An error found in a slot leaves
+  // the queue's not-yet-landed entries for a later check.
   std::optional<FoundError> found = status_queue().take_first_error();
-  if (!found) found = graph_slots().take_first_error();
+  if (found) {
+    graph_slots().clear();
+  } else {
+    found = graph_slots().take_first_error();
+  }
   if (!found) return;
-  clear_checks();
   const CallSite& site = found->site;
   raise_for_status(found->status.data(), site.target_sizes, site.num_classes, site.ignore_index, site.logits_sizes,
                    deferred_note(*found));

@@ -59,6 +59,16 @@ size_t GraphSlots::watched() const {
   return sites_.size();
 }
 
+size_t GraphSlots::needing_check() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  size_t n = 0;
+  for (const GraphSite& g : sites_) {
+    n += !g.graph_alive->load(std::memory_order_acquire) ||
+         __atomic_load_n(&g.slot.host[kSlotPublished], __ATOMIC_ACQUIRE) != 0;
+  }
+  return n;
+}
+
 void GraphSlots::clear() {
   std::lock_guard<std::mutex> lock(mutex_);
   std::array<int64_t, kStatusSize> discarded;

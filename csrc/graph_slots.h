@@ -43,6 +43,9 @@ class GraphSlots {
   // order) and discards the others'. Sites whose graphs are gone are read, then recycled.
   std::optional<FoundError> take_first_error();
   size_t watched() const;
+  // Sites a check would act on: a published record to read, or a released graph to recycle. Zero
+  // while live graphs replay cleanly, so eager calls then skip the check (pending_checks).
+  size_t needing_check() const;
   void clear();  // discards unread records; the sites stay watched
 
  private:

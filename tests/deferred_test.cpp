@@ -156,9 +156,11 @@ static void test_graph_sites() {
   g.watch(GraphSite{*a, alive_a, CallSite{{8}, 5, -100, {8, 5}, 3, "a.py:1"}});
   g.watch(GraphSite{*b, alive_b, CallSite{{8}, 5, -100, {8, 5}, 4, "b.py:2"}});
   CHECK(!g.take_first_error() && g.watched() == 2, "nothing replayed yet");
+  CHECK(g.needing_check() == 0, "live graphs with nothing published need no check");
 
   replay(*b, record(6, 40, 1));
   replay(*a, record(2, 30, 1));
+  CHECK(g.needing_check() == 2, "two published records need a check (%zu)", g.needing_check());
   auto found = g.take_first_error();
   CHECK(found && found->in_graph && found->site.call == 3 && found->status[kStatusInvalidValue] == 30,
         "the first site in capture order wins");
@@ -171,6 +173,7 @@ static void test_graph_sites() {
 
   replay(*b, record(7, 41, 1));
   alive_b->store(false);  // the graph was destroyed after that replay
+  CHECK(g.needing_check() == 1, "a released graph's slot needs a check");
   found = g.take_first_error();
   CHECK(found && found->site.call == 4 && found->status[kStatusInvalidValue] == 41,
         "the last record of a released graph is still reported");

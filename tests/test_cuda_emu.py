@@ -200,6 +200,67 @@ def test_graph_replay_publishes_a_bad_target(validate):
         emu.destroy_graph(graph)
 
 
+def captured_forward(x, t):
+    """A graph holding one validating forward (validate=1: under capture, a published slot)."""
+    ops = torch.ops.validated_loss
+    ops.cross_entropy_fwd(x, torch.zeros_like(t), None, 1, -100, 0.0, False, 1)  # first slots, outside
+    emu.begin_capture(0)
+    try:
+        loss = ops.cross_entropy_fwd(x, t, None, 1, -100, 0.0, False, 1)[0]
+    finally:
+        graph = emu.end_capture()
+    return graph, loss
+
+
+def test_a_live_clean_graph_costs_no_check():
+    """While a captured graph lives and its replays are clean, eager calls find nothing pending
+    (the check op is skipped); a bad replay, or the graph's release, makes one pending."""
+    x = torch.randn(8, 5)
+    t = torch.zeros(8, dtype=torch.long)
+    vl.check_deferred()
+    graph, _ = captured_forward(x, t)
+    try:
+        emu.replay(graph)
+        assert _library._C.pending_checks() == 0
+        t[3] = 9
+        emu.replay(graph)
+        assert _library._C.pending_checks() == 1
+        with pytest.raises(vl.TargetOutOfRangeError):
+            vl.check_deferred()
+        assert _library._C.pending_checks() == 0
+    finally:
+        emu.destroy_graph(graph)
+    assert _library._C.pending_checks() == 1  # the released graph's slot, recycled at the next check
+    vl.check_deferred()
+    assert _library._C.pending_checks() == 0
+
+
+def test_an_error_from_a_graph_keeps_the_queued_checks():
+    """A check that finds a graph replay's error drops only what it examined: a deferred call
+    whose copy has not landed yet is still checked, and reported, later."""
+    x = torch.randn(8, 5)
+    t = torch.zeros(8, dtype=torch.long)
+    bad = torch.tensor([0, 1, 2, 3, 4, 0, 7, 1])
+    vl.check_deferred()
+    graph, _ = captured_forward(x, t)
+    ops = torch.ops.validated_loss
+    previous = emu.set_event_delay(1)
+    try:
+        ops.cross_entropy_fwd(x, bad, None, 1, -100, 0.0, False, 2)  # queued, lands after one query
+        t[2] = -5
+        emu.replay(graph)
+        with pytest.raises(vl.TargetOutOfRangeError) as from_graph:
+            vl.check_deferred()
+        assert from_graph.value.position == (2,) and "replay of the CUDA graph" in str(from_graph.value)
+        with pytest.raises(vl.TargetOutOfRangeError) as from_queue:
+            vl.check_deferred()
+        assert from_queue.value.position == (6,) and "in the loss of call" in str(from_queue.value)
+    finally:
+        emu.set_event_delay(previous)
+        emu.destroy_graph(graph)
+        vl.check_deferred()
+
+
 def test_deferred_check_leaves_another_threads_capture_intact():
     """One thread captures a graph (global mode, torch.cuda.graph's default) while another runs a
     deferred loss: that thread's check queries its copy's event, which must not invalidate the
