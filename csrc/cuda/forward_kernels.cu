@@ -94,7 +94,7 @@ VL_UNROLL
     if (in_range && s.lane == 0) {
       RowOut<acc_t> out;
       if constexpr (kProb) {
-        out = prob_row_finish(k, s.row, ref, st, totals, by_terms ? &term_loss : nullptr);
+        out = prob_row_finish(k, s.row, ref, st, totals, by_terms, term_loss);
       } else {
         const bool valid = kind == kTargetValid;
         const acc_t x_y = valid ? load.logit(row[y * x_stride]) : acc_t(0);

@@ -43,15 +43,16 @@ XENT_HD RowOut<acc_t> index_row_finish(const LossConstants<acc_t>& k, int64_t ro
 }
 
 // Probability-target row (every row is read; C == 0 gives loss 0, as torch's empty sum).
-// term_loss: the row's loss summed term by term, for a row prob_row_needs_terms names (or null).
+// by_terms: the row's loss is term_loss, summed term by term (a row prob_row_needs_terms names).
+// (By value: a pointer to it would put it in local memory on the GPU.)
 template <typename acc_t>
 XENT_HD RowOut<acc_t> prob_row_finish(const LossConstants<acc_t>& k, int64_t row, acc_t ref,
-                                      const LaneState<acc_t>& st, BlockTotals& totals,
-                                      const acc_t* term_loss = nullptr) {
+                                      const LaneState<acc_t>& st, BlockTotals& totals, bool by_terms = false,
+                                      acc_t term_loss = acc_t(0)) {
   totals_note_nonfinite(totals, row, st.bad_class);
   RowOut<acc_t> out;
   out.lse = row_lse(st.lse);
-  out.loss = k.num_classes == 0 ? acc_t(0) : term_loss ? *term_loss : prob_row_loss(k, out.lse, ref, st.sums);
+  out.loss = k.num_classes == 0 ? acc_t(0) : by_terms ? term_loss : prob_row_loss(k, out.lse, ref, st.sums);
   totals.loss_sum += static_cast<double>(out.loss);
   return out;
 }
