@@ -1,11 +1,13 @@
 """Builds the emulated-CUDA library: validated_loss._C with csrc/cuda/*.cu compiled as host C++
 against csrc/cuda_emu, registered for CPU tensors (see validated_loss/_library.py).
 
-    python scripts/build_cuda_emu.py [--out build/cuda-emu/plain] [--sanitize] [--csrc DIR]
+    python scripts/build_cuda_emu.py [--out DIR] [--sanitize] [--kernels-from DIR] [--temp DIR]
 
 Prints the path of the built library. --sanitize builds with AddressSanitizer and
-UndefinedBehaviorSanitizer; --csrc builds another copy of the sources (the deliberately broken
-kernels of scripts/cuda_emu_mutants.py). Incremental: ninja rebuilds only what changed.
+UndefinedBehaviorSanitizer; --kernels-from takes csrc/cuda/*.cu (and the headers they include)
+from another copy of csrc (the deliberately broken kernels of scripts/cuda_emu_mutants.py), the
+rest from this tree; --temp shares object files with another build (the mutants reuse the plain
+build's). Incremental: ninja rebuilds only what changed.
 """
 
 import argparse
@@ -42,11 +44,13 @@ def wrapper_sources(csrc, out):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--csrc", type=Path, default=ROOT / "csrc")
+    parser.add_argument("--kernels-from", type=Path, default=ROOT / "csrc")
+    parser.add_argument("--temp", type=Path, default=None)
     parser.add_argument("--sanitize", action="store_true")
     args = parser.parse_args()
     out = (args.out or ROOT / "build" / "cuda-emu" / ("sanitize" if args.sanitize else "plain")).resolve()
-    csrc = args.csrc.resolve()
+    csrc = ROOT / "csrc"
+    temp = (args.temp or out / "temp").resolve()
     out.mkdir(parents=True, exist_ok=True)
 
     flags = ["-O2", "-g1", "-Wall", "-Wno-unknown-pragmas", "-Wno-maybe-uninitialized",
@@ -56,12 +60,12 @@ def main():
         sanitize = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer"]
         flags = [f for f in flags if f != "-O2"] + ["-O1"] + sanitize
         link += sanitize
-    sources = [str(csrc / s) for s in HOST_SOURCES + EMU_SOURCES] + wrapper_sources(csrc, out)
+    sources = [str(csrc / s) for s in HOST_SOURCES + EMU_SOURCES] + wrapper_sources(args.kernels_from.resolve(), out)
     ext = cpp_extension.CppExtension("_C", sources, include_dirs=[str(csrc)], extra_compile_args={"cxx": flags},
                                      extra_link_args=link)
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 2))
     setup(name="validated_loss_cuda_emu", ext_modules=[ext], script_args=[
-        "-q", "build_ext", "--build-lib", str(out), "--build-temp", str(out / "temp")],
+        "-q", "build_ext", "--build-lib", str(out), "--build-temp", str(temp)],
         cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)})
     library = next(out.glob("_C*.so"))
     print(library)
