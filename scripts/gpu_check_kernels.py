@@ -75,6 +75,11 @@ def run(device, small):
             loss, lse = vl.cross_entropy(x, t, lse_square_scale=0.01, softcap=5.0, return_lse=True)
             step(loss + 0.5 * lse.sum(), x)
 
+    # float64 (its own weight-sum kernel)
+    x = torch.randn(37, 1000, dtype=torch.float64, device=device, requires_grad=True)
+    t = torch.randint(0, 1000, (37,), device=device)
+    step(vl.cross_entropy(x, t, torch.rand(1000, dtype=torch.float64, device=device) + 0.5, label_smoothing=0.1), x)
+
     # the linear head's chunk step
     x = torch.randn(300, 64, device=device, requires_grad=True)
     W = (torch.randn(5000, 64, device=device) * 0.1).requires_grad_()
@@ -120,6 +125,8 @@ def main(argv=None):
     calls = run(args.device, args.small)
     print(f"gpu_check_kernels: {calls} loss calls (forward and backward) and 3 validation errors on {args.device} "
           f"in {time.perf_counter() - start:.1f} s")
+    if _library.EMULATED_CUDA:  # the CUDA kernels executed on the CPU: which ran, how often
+        print(f"emulated CUDA kernel launches: {torch.ops.validated_loss_emu.launch_counts()}")
 
 
 if __name__ == "__main__":
