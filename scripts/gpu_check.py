@@ -348,7 +348,8 @@ def make_plan(args, python, machine):
     san_cmds = [Cmd([sanitizer or "compute-sanitizer", "--tool", tool, "--kernel-name", "kns=validated_loss",
                      "--error-exitcode", "86", "--print-limit", "30", *driver], f"sanitizer-{tool}.log", san_env)
                 for tool in ("memcheck", "racecheck")]
-    steps.append(Step("sanitizer", "sanitizer", san_cmds, *budget("sanitizer"), sequential=True,
+    # memcheck and racecheck side by side (two processes on the one GPU): each gets the whole step's time
+    steps.append(Step("sanitizer", "sanitizer", san_cmds, *budget("sanitizer"),
                       skip=None if sanitizer else "compute-sanitizer not found (PATH, CUDA_HOME)"))
     steps.append(Step("bench", "bench", [
         Cmd([python, "benchmarks/gpu_bench.py", "--out", out, "--time-budget", "{budget}"] + (["--fast"] if fast else []),
