@@ -8,7 +8,7 @@ DEPS := $(VENV)/.deps-installed
 TORCH_SPEC ?= torch==2.13.0
 TEST_DEPS := numpy hypothesis pytest ninja matplotlib tqdm expecttest setuptools wheel
 
-.PHONY: build test test-isa bench bench-full cuda-check asan test-cuda-emu test-cuda-emu-mutants clean
+.PHONY: build test test-isa bench bench-full cuda-check asan test-cuda-emu test-cuda-emu-mutants gpu-check clean
 
 $(DEPS): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -82,3 +82,12 @@ test-cuda-emu-mutants: $(DEPS)
 
 clean:
 	rm -rf build validated_loss/_C*.so validated_loss/_build_info.py
+
+# One command on a GPU machine (issue 14): builds the extension in place for the GPU present, runs the
+# GPU tests (validation modes, sync-debug mode, the GPU grid, the parity suites on CUDA tensors),
+# compute-sanitizer over a small grid, and the GPU benchmark, within about 8 minutes; logs, JUnit XML,
+# the benchmark's files and a summary under OUT (default build/gpu-check). Uses the machine's own
+# Python and torch ($(PYTHON); no venv, nothing installed). FAST=1: reduced grid, first benchmark
+# shape. ONLY=bench,...: some steps. Refuses (exit status 2) without a CUDA device or nvcc.
+gpu-check:
+	OUT="$(OUT)" FAST="$(FAST)" ONLY="$(ONLY)" $(PYTHON) scripts/gpu_check.py
