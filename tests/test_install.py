@@ -116,7 +116,7 @@ def test_installed_package_names_its_torch(installed, work, clone):
     assert result.returncode == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[1] == ("torch 2.13.0+cpu running (CPU build of torch), inside the tested range "
-                        f"{tested_range()}")
+                        f"{torch_range()}")
     assert lines[2] == "built against torch 2.13.0+cpu (CPU build of torch)"
     assert "mismatch" not in result.stdout and "TorchMismatchWarning" not in result.stderr
     metadata = next((installed / "lib").glob("python3*/site-packages/validated_loss-*.dist-info/METADATA"))
@@ -128,7 +128,7 @@ def test_installed_package_names_its_torch(installed, work, clone):
                                      f"--no-deps --no-cache-dir '{clone}'")
 
 
-def tested_range():
+def torch_range():
     """From the source, by path: importing the package here would need the in-tree build."""
     spec = importlib.util.spec_from_file_location("_vl_torch_support", ROOT / "validated_loss" / "_torch_support.py")
     module = importlib.util.module_from_spec(spec)

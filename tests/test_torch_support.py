@@ -86,6 +86,19 @@ def test_rebuild_command_reinstalls_from_where_it_came(monkeypatch, tmp_path, so
     assert command.endswith(expected)
 
 
+@pytest.mark.parametrize("direct_url, expected", [
+    ('{"url": "file:///home/me/my%20clone", "dir_info": {}}', ("path", "/home/me/my clone")),
+    ('{"url": "file:///home/me/vl", "dir_info": {"editable": true}}', ("editable", "/home/me/vl")),
+    ('{"url": "https://example.org/vl.git", "vcs_info": {"vcs": "git", "commit_id": "0123abc"}}',
+     ("vcs", "git+https://example.org/vl.git@0123abc")),
+    ('{"url": "file:///tmp/validated_loss-0.1.0.tar.gz", "archive_info": {}}',
+     ("path", "/tmp/validated_loss-0.1.0.tar.gz")),
+    (None, ("index", None)),
+])
+def test_where_pip_installed_it_from(direct_url, expected):
+    assert ts.source_from_direct_url(direct_url) == expected
+
+
 def test_rebuild_command_in_a_source_tree(monkeypatch):
     monkeypatch.setattr(ts, "_installed_source", lambda: None)
     command = ts.rebuild_command(ROOT / "validated_loss")

@@ -90,14 +90,21 @@ def mismatches(build, torch_version, torch_cuda, has_gpu):
 
 
 def _installed_source():
-    """(how, where) validated_loss was installed from, per pip's direct_url.json (PEP 610), or None."""
-    import json
+    """(how, where) validated_loss was installed from, per pip's record; None when not installed."""
     from importlib import metadata
 
     try:
-        text = metadata.distribution(PACKAGE).read_text("direct_url.json")
+        return source_from_direct_url(metadata.distribution(PACKAGE).read_text("direct_url.json"))
     except metadata.PackageNotFoundError:
         return None
+
+
+def source_from_direct_url(text):
+    """(how, where) from a direct_url.json (PEP 610) text; ("index", None) when there is none."""
+    import json
+    from urllib.parse import urlparse
+    from urllib.request import url2pathname
+
     if not text:
         return ("index", None)
     info = json.loads(text)
@@ -105,7 +112,8 @@ def _installed_source():
     if "vcs_info" in info:
         vcs = info["vcs_info"]
         return ("vcs", f"{vcs.get('vcs', 'git')}+{url}@{vcs.get('commit_id') or vcs.get('requested_revision')}")
-    path = url[len("file://"):] if url.startswith("file://") else url
+    # A file: URL is percent-encoded ('my%20dir'); the command wants the path as typed.
+    path = url2pathname(urlparse(url).path) if url.startswith("file:") else url
     if info.get("dir_info", {}).get("editable"):
         return ("editable", path)
     return ("path", path)
