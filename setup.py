@@ -147,6 +147,22 @@ def nvcc_version(cuda_home):
     return match.group(1) if match else None
 
 
+def is_cuda_toolkit(path):
+    return bool(path) and (Path(path) / "bin" / "nvcc").is_file() and (Path(path) / "include" / "cuda_runtime.h").is_file()
+
+
+def cuda_toolkit(torch_guess):
+    """The CUDA toolkit to build with, or None. torch takes the directory above the first nvcc on
+    PATH, which is wrong where that nvcc is a wrapper script or a link (/usr/local/bin/nvcc gives
+    /usr/local: no headers, and -lcudart fails at the final link, after minutes of compiling)."""
+    explicit = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if explicit:  # the user's choice, taken as given (an invalid one is reported by cuda_plan)
+        return explicit
+    on_path = shutil.which("nvcc")
+    candidates = [torch_guess, on_path and str(Path(on_path).resolve().parent.parent), "/usr/local/cuda"]
+    return next((c for c in candidates if is_cuda_toolkit(c)), None)
+
+
 def cuda_plan(torch, cuda_home):
     """(build the CUDA kernels?, why not): environment first, then what is installed."""
     if os.environ.get("FORCE_ONLY_CPU") == "1":
@@ -155,8 +171,9 @@ def cuda_plan(torch, cuda_home):
     nvcc = nvcc_version(cuda_home) if cuda_home else None
     if torch.version.cuda is None:
         missing = f"torch {torch.__version__} is a CPU-only build"
-    elif nvcc is None:
-        missing = "no nvcc found (set CUDA_HOME to a CUDA toolkit)"
+    elif nvcc is None or not is_cuda_toolkit(cuda_home):
+        missing = (f"CUDA_HOME={cuda_home} is not a CUDA toolkit (no bin/nvcc and include/cuda_runtime.h)"
+                   if cuda_home else "no CUDA toolkit found (nvcc; set CUDA_HOME to one)")
     elif SUPPORT.cuda_major(nvcc) != SUPPORT.cuda_major(torch.version.cuda):
         missing = (f"nvcc in {cuda_home} is CUDA {nvcc} but torch {torch.__version__} is built for CUDA "
                    f"{torch.version.cuda} (set CUDA_HOME to a CUDA {SUPPORT.cuda_major(torch.version.cuda)} toolkit)")
@@ -220,7 +237,10 @@ def extension(torch):
                f"{CSRC}/cpu/gradient_buffer.cpp", f"{CSRC}/python_errors.cpp", f"{CSRC}/deferred_queue.cpp",
                f"{CSRC}/graph_slots.cpp", f"{CSRC}/deferred.cpp", f"{CSRC}/deferred_python.cpp"]
     sources += [kernel_source(c) for c in CAPABILITIES]
-    cuda, cuda_note = cuda_plan(torch, cpp_extension.CUDA_HOME)
+    cuda_home = cuda_toolkit(cpp_extension.CUDA_HOME)
+    cuda, cuda_note = cuda_plan(torch, cuda_home)
+    if cuda:  # torch's extension builder reads its module-level guess when it compiles and links
+        cpp_extension.CUDA_HOME = cuda_home
     archs = cuda_archs(torch) if cuda else None
     info = build_info_text(torch, cuda, archs, cuda_note)
     (ROOT / "validated_loss" / "_build_info.py").write_text(info)

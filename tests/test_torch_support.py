@@ -59,9 +59,9 @@ def test_another_cuda_major_version_is_named():
 
 
 def test_cpu_only_build_on_a_gpu_machine():
-    built = build("2.14.1", torch_cuda="13.0", note="no nvcc found (set CUDA_HOME to a CUDA toolkit)")
+    built = build("2.14.1", torch_cuda="13.0", note="no CUDA toolkit found (nvcc; set CUDA_HOME to one)")
     (problem,) = ts.mismatches(built, "2.14.1", "13.0", has_gpu=True)
-    assert "no CUDA kernels (no nvcc found" in problem and "NVIDIA GPU" in problem
+    assert "no CUDA kernels (no CUDA toolkit found" in problem and "NVIDIA GPU" in problem
     assert ts.mismatches(built, "2.14.1", "13.0", has_gpu=False) == []
     # A CPU build of torch cannot use the GPU anyway: nothing to rebuild for.
     assert ts.mismatches(built, "2.14.1+cpu", None, has_gpu=True) == []
@@ -143,12 +143,28 @@ def fake_cuda_home(tmp_path):
     nvcc.parent.mkdir()
     nvcc.write_text("#!/bin/sh\necho 'Cuda compilation tools, release 13.0, V13.0.88'\n")
     nvcc.chmod(0o755)
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "cuda_runtime.h").write_text("")
     return str(tmp_path)
+
+
+def test_cuda_toolkit_behind_a_linked_nvcc(setup_py, clean_env, fake_cuda_home, tmp_path_factory):
+    """torch guesses the directory above the nvcc on PATH; where that is a link, the toolkit is
+    where it leads."""
+    bin_dir = tmp_path_factory.mktemp("usr_local") / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvcc").symlink_to(Path(fake_cuda_home) / "bin" / "nvcc")
+    clean_env.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    assert setup_py.cuda_toolkit(str(bin_dir.parent)) == str(Path(fake_cuda_home).resolve())
+    assert setup_py.cuda_toolkit(fake_cuda_home) == fake_cuda_home
+    clean_env.setenv("CUDA_HOME", "/opt/my-cuda")  # the user's choice stands; cuda_plan judges it
+    assert setup_py.cuda_toolkit(fake_cuda_home) == "/opt/my-cuda"
+    assert "is not a CUDA toolkit" in setup_py.cuda_plan(fake_torch("2.14.1", "13.0"), "/opt/my-cuda")[1]
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
-    for name in ("FORCE_CUDA", "FORCE_ONLY_CPU", "TORCH_CUDA_ARCH_LIST"):
+    for name in ("FORCE_CUDA", "FORCE_ONLY_CPU", "TORCH_CUDA_ARCH_LIST", "CUDA_HOME", "CUDA_PATH"):
         monkeypatch.setenv(name, "")  # recorded, so whatever the code under test sets is undone
         monkeypatch.delenv(name)
     return monkeypatch
@@ -160,7 +176,7 @@ def test_cuda_kernels_built_with_nvcc_of_torch_major_version(setup_py, clean_env
 
 @pytest.mark.parametrize("torch_cuda, cuda_home, reason", [
     (None, "fixture", "torch 2.13.0 is a CPU-only build"),
-    ("13.0", None, "no nvcc found"),
+    ("13.0", None, "no CUDA toolkit found"),
     ("12.4", "fixture", "is CUDA 13.0 but torch 2.13.0 is built for CUDA 12.4 (set CUDA_HOME to a CUDA 12 toolkit)"),
 ])
 def test_cpu_only_build_says_why(setup_py, clean_env, fake_cuda_home, capsys, torch_cuda, cuda_home, reason):
