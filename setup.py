@@ -93,14 +93,16 @@ def no_torch_message():
         argv = [a.decode() for a in Path(f"/proc/{os.getppid()}/cmdline").read_bytes().split(b"\0") if a]
     except (OSError, UnicodeDecodeError):
         argv = []
-    command = command_without_isolation(argv) or "pip install --no-build-isolation <the same path, git URL or sdist>"
+    command = command_without_isolation(argv)
+    commands = (f"    {command}" if command else
+                "    pip install --no-build-isolation <the same path, git URL or sdist>\n"
+                "or  python -m build --no-isolation")
     return (
         "this build cannot import torch.\n"
         "validated_loss is compiled against the torch of the environment it is installed into, so it must be\n"
-        "built in that environment; pip's default isolated build environment has no torch. Type instead:\n\n"
-        f"    {command}\n\n"
-        "(with `python -m build`: python -m build --no-isolation). If the environment has no torch yet,\n"
-        "install torch first: https://pytorch.org/get-started/locally/"
+        "built in that environment; an isolated build environment (pip's and build's default) has no torch.\n"
+        f"Type instead:\n\n{commands}\n\n"
+        "If the environment has no torch yet, install torch first: https://pytorch.org/get-started/locally/"
     )
 
 
