@@ -108,9 +108,10 @@ def no_torch_message():
 
 def check_build_tools():
     """Fail early, with what to type, where the build cannot work (instead of a setuptools traceback)."""
-    if "bdist_wheel" in sys.argv and not (importlib.util.find_spec("setuptools.command.bdist_wheel")
-                                          or importlib.util.find_spec("wheel")):
-        # setuptools < 70.1 (as in a Python 3.10/3.11 venv) makes wheels only with the wheel package.
+    if {"bdist_wheel", "dist_info"} & set(sys.argv) and not (importlib.util.find_spec("setuptools.command.bdist_wheel")
+                                                              or importlib.util.find_spec("wheel")):
+        # setuptools < 70.1 (as in a Python 3.10/3.11 venv) makes wheels, and their metadata
+        # (dist_info), only with the wheel package: "invalid command 'bdist_wheel'" otherwise.
         fail("this setuptools cannot make wheels: pip install 'setuptools>=70.1', then run the same command again")
     if importlib.util.find_spec("torch") is None:
         if COMMANDS_NEEDING_TORCH & set(sys.argv[1:]):
