@@ -8,7 +8,7 @@ DEPS := $(VENV)/.deps-installed
 TORCH_SPEC ?= torch==2.13.0
 TEST_DEPS := numpy hypothesis pytest ninja matplotlib tqdm expecttest setuptools wheel
 
-.PHONY: build test test-isa bench bench-full cuda-check asan test-cuda-emu test-cuda-emu-mutants gpu-check clean
+.PHONY: build test test-isa bench bench-full cuda-check asan test-cuda-emu test-cuda-emu-mutants test-install gpu-check clean
 
 $(DEPS): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,15 @@ test-cuda-emu: $(DEPS)
 # Each deliberately broken kernel of scripts/cuda_emu_mutants.py must make the emulated suite fail.
 test-cuda-emu-mutants: $(DEPS)
 	$(PY) scripts/cuda_emu_mutants.py
+
+# Installs as a user does (tests/test_install.py): pip into new virtual environments, from a fresh
+# clone of the committed tree and from an sdist, then imports that build with another torch: the
+# torch 2.14.1 of .venv-cuda, made here as cuda-check makes it when missing. The in-tree build is
+# not what is tested, but tests/conftest.py imports the package (free after make test).
+test-install: build
+	test -x .venv-cuda/bin/python || { $(PYTHON) -m venv .venv-cuda && \
+		.venv-cuda/bin/python -m pip install -q torch==2.14.1 ninja setuptools wheel; }
+	VL_INSTALL_TEST=1 $(PY) -m pytest tests/test_install.py -p no:cacheprovider -s
 
 clean:
 	rm -rf build validated_loss/_C*.so validated_loss/_build_info.py

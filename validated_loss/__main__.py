@@ -3,7 +3,7 @@
 import torch
 
 import validated_loss
-from validated_loss import _build_info, _ops
+from validated_loss import _build_info, _ops, _torch_support
 
 
 def device_paths():
@@ -28,12 +28,22 @@ def device_paths():
 
 def main():
     print(f"validated_loss {validated_loss.__version__}")
-    print(f"torch {torch.__version__} (built against {_build_info.TORCH_VERSION})")
+    flavour = f"CUDA {torch.version.cuda}" if torch.version.cuda else "CPU"
+    print(f"torch {torch.__version__} running ({flavour} build of torch), "
+          f"{_torch_support.range_text(torch.__version__)}")
+    print(f"built against torch {_build_info.TORCH_VERSION}"
+          f" ({'CUDA ' + _build_info.TORCH_CUDA if _build_info.TORCH_CUDA else 'CPU'} build of torch)")
+    problems = _torch_support.mismatches(_build_info, torch.__version__, torch.version.cuda,
+                                         _torch_support.gpu_visible())
+    for problem in problems:
+        print(f"  mismatch: {problem}")
+    if problems:
+        print(f"  rebuild: {_torch_support.rebuild_command()}")
     print(f"CPU kernels compiled for: {', '.join(_build_info.CPU_CAPABILITIES)}")
     if _build_info.CUDA:
         print(f"CUDA kernels compiled for architectures: {_build_info.CUDA_ARCHS}")
     else:
-        print("CUDA kernels: not built (CPU-only build)")
+        print(f"CUDA kernels: not built ({_build_info.CUDA_NOTE})")
     if _build_info.SANITIZE:
         print(f"sanitizer: {_build_info.SANITIZE}")
     print("Where a call goes:")
