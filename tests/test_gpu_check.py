@@ -189,7 +189,8 @@ def test_run_cmds_records_failures_and_stops_what_runs_too_long(tmp_path):
             gpu_check.Cmd(py("import time; print('start', flush=True); time.sleep(60)"), "c.log")]
     start = time.monotonic()
     outcomes = gpu_check.run_cmds(cmds, str(tmp_path), timeout=3, cwd=tmp_path)
-    assert time.monotonic() - start < 3 + gpu_check.KILL_GRACE
+    # Stopped, not waited for: the sleeper would take 60 s (a bound on behaviour, not a speed claim).
+    assert time.monotonic() - start < 45
     assert outcomes[0] == (0, True) and outcomes[1] == (3, True)  # the batch as a whole ran out of time
     assert outcomes[2][0] != 0 and outcomes[2][1]
     assert (tmp_path / "a.log").read_text().splitlines()[-1] == "ok"
