@@ -6,7 +6,7 @@ and the comparison with torch (low precision: at least as close to the float64 t
 import torch
 import torch.nn.functional as F
 
-from conftest import assert_close_to_torch, vl
+from conftest import assert_close_to_torch, seed_of, vl
 
 DTYPES = {"f32": torch.float32, "f64": torch.float64, "bf16": torch.bfloat16, "f16": torch.float16}
 LOW = (torch.bfloat16, torch.float16)
@@ -144,3 +144,15 @@ GRID = [(s, d, lay, o, r) for s in SHAPES for d in DTYPES for lay in layouts_for
         for o in OPTIONS for r in REDUCTIONS]
 
 
+def compare_probabilities(shape, dtype, option, reduction, device):
+    """Probability targets on `shape` (name in SHAPES), dtype name, option 'plain' or
+    'weight_smooth': ours against torch, with the gradient wrt the targets too."""
+    seed = seed_of(shape, dtype, option, reduction) & 0xFFFF
+    n, c, extra = SHAPES[shape]
+    g = seeded(seed)
+    x = (torch.randn((n, c, *extra), generator=g, dtype=torch.float64) * 3).to(DTYPES[dtype]).to(device)
+    q = torch.softmax(torch.randn((n, c, *extra), generator=g, dtype=torch.float64), dim=1)
+    q = layout(q.to(DTYPES[dtype]).to(device), "transposed" if extra else "offset1")
+    w = (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(DTYPES[dtype]).to(device) if option != "plain" else None
+    kwargs = {"reduction": reduction, "label_smoothing": 0.2 if option != "plain" else 0.0}
+    compare(x, q, w, kwargs, seed, wrt_target=True)

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import seed_of, vl
-from cuda_grid import DTYPES, GRID, OPTIONS, REDUCTIONS, SHAPES, compare, layout, make_inputs, seeded
+from cuda_grid import (DTYPES, GRID, OPTIONS, REDUCTIONS, SHAPES, compare, compare_probabilities,
+                       make_inputs, seeded)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -30,15 +31,7 @@ def test_parity_class_index(shape, dtype, lay, option, reduction):
 @pytest.mark.parametrize("option", ["plain", "weight_smooth"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_parity_probabilities(shape, dtype, option, reduction):
-    seed = seed_of(shape, dtype, option, reduction) & 0xFFFF
-    n, c, extra = SHAPES[shape]
-    g = seeded(seed)
-    x = (torch.randn((n, c, *extra), generator=g, dtype=torch.float64) * 3).to(DTYPES[dtype]).to(DEV)
-    q = torch.softmax(torch.randn((n, c, *extra), generator=g, dtype=torch.float64), dim=1)
-    q = layout(q.to(DTYPES[dtype]).to(DEV), "transposed" if extra else "offset1")
-    w = (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(DTYPES[dtype]).to(DEV) if option != "plain" else None
-    kwargs = {"reduction": reduction, "label_smoothing": 0.2 if option != "plain" else 0.0}
-    compare(x, q, w, kwargs, seed, wrt_target=True)
+    compare_probabilities(shape, dtype, option, reduction, DEV)
 
 
 def test_matches_cpu_ops():

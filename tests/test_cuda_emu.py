@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from conftest import seed_of, vl
-from cuda_grid import DTYPES, GRID, OPTIONS, REDUCTIONS, SHAPES, compare, layout, make_inputs, seeded
+from cuda_grid import (DTYPES, GRID, OPTIONS, REDUCTIONS, SHAPES, compare, compare_probabilities,
+                       make_inputs, seeded)
 from validated_loss import _library
 
 pytestmark = pytest.mark.skipif(not _library.EMULATED_CUDA, reason="run by make test-cuda-emu (emulated CUDA build)")
@@ -59,15 +60,7 @@ PROB_SHAPES = ["tiny", "c33", "c1023", "c4097", "c32771", "nchw"]
 @pytest.mark.parametrize("option", ["plain", "weight_smooth"])
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_parity_probabilities(shape, dtype, option, reduction):
-    seed = seed_of(shape, dtype, option, reduction) & 0xFFFF
-    n, c, extra = SHAPES[shape]
-    g = seeded(seed)
-    x = (torch.randn((n, c, *extra), generator=g, dtype=torch.float64) * 3).to(DTYPES[dtype])
-    q = torch.softmax(torch.randn((n, c, *extra), generator=g, dtype=torch.float64), dim=1)
-    q = layout(q.to(DTYPES[dtype]), "transposed" if extra else "offset1")
-    w = (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(DTYPES[dtype]) if option != "plain" else None
-    kwargs = {"reduction": reduction, "label_smoothing": 0.2 if option != "plain" else 0.0}
-    compare(x, q, w, kwargs, seed, wrt_target=True)
+    compare_probabilities(shape, dtype, option, reduction, DEV)
 
 
 def outputs_under(schedule, fn):
