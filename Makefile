@@ -1,12 +1,24 @@
 # Every target creates the virtual environment and builds the extension when needed, so a fresh
 # clone needs nothing installed by hand.
 PYTHON ?= python3
-VENV := .venv
-PY := $(VENV)/bin/python
-DEPS := $(VENV)/.deps-installed
 # torch 2.13.0's CPU build; the CUDA sources are compiled separately by cuda-check.
-TORCH_SPEC ?= torch==2.13.0
+DEFAULT_TORCH_SPEC := torch==2.13.0
+TORCH_SPEC ?= $(DEFAULT_TORCH_SPEC)
 TEST_DEPS := numpy hypothesis pytest ninja matplotlib tqdm expecttest setuptools wheel
+# Another torch (`make test TORCH_SPEC=torch==2.6.0`) gets its own venv (.venv-torch-2.6.0) and its
+# own copy of the tree (build/torch-2.6.0), built there CPU-only: the in-place module of the
+# working tree is built against the default torch and is never touched (a module built against one
+# torch does not load in another, and setup.py would not notice the change and rebuild it).
+ifeq ($(TORCH_SPEC),$(DEFAULT_TORCH_SPEC))
+VENV := .venv
+TREE := .
+else
+TORCH_TAG := $(subst ==,-,$(TORCH_SPEC))
+VENV := .venv-$(TORCH_TAG)
+TREE := build/$(TORCH_TAG)
+endif
+PY := $(CURDIR)/$(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
 
 .PHONY: build test test-isa bench bench-full cuda-check asan clean
 
@@ -16,11 +28,20 @@ $(DEPS): Makefile
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TEST_DEPS)
 	touch $@
 
+# Another torch's tree: the working tree's files (tracked and new, as git lists them) over a fresh
+# copy; the copy's build/ stays, and tar keeps the timestamps, so ninja recompiles only what changed.
 build: $(DEPS)
+ifneq ($(TREE),.)
+	mkdir -p $(TREE)
+	find $(TREE) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(TREE)
+	cd $(TREE) && FORCE_ONLY_CPU=1 $(PY) setup.py -q build_ext --inplace
+else
 	$(PY) setup.py -q build_ext --inplace
+endif
 
 test: build
-	$(PY) -m pytest tests
+	cd $(TREE) && $(PY) -m pytest tests
 
 # The kernels are compiled for three CPU capabilities and the machine runs the widest; this runs
 # the kernel suites on the two narrower builds too (ATen honours ATEN_CPU_CAPABILITY).
@@ -51,11 +72,11 @@ asan: $(DEPS)
 	rm -rf $(ASAN_TREE) && mkdir -p $(ASAN_TREE)
 	cp -r setup.py pyproject.toml csrc validated_loss tests $(ASAN_TREE)/
 	rm -f $(ASAN_TREE)/validated_loss/_C*.so
-	cd $(ASAN_TREE) && FORCE_ONLY_CPU=1 VALIDATED_LOSS_SANITIZE=address $(CURDIR)/$(PY) setup.py -q build_ext --inplace
+	cd $(ASAN_TREE) && FORCE_ONLY_CPU=1 VALIDATED_LOSS_SANITIZE=address $(PY) setup.py -q build_ext --inplace
 	# libstdc++ is preloaded too: python itself does not link it, and ASan must find __cxa_throw at start-up.
 	cd $(ASAN_TREE) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 		ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:abort_on_error=1 \
-		$(CURDIR)/$(PY) -m pytest $(ASAN_TESTS) -p no:cacheprovider -x -m "not slow"
+		$(PY) -m pytest $(ASAN_TESTS) -p no:cacheprovider -x -m "not slow"
 
 clean:
 	rm -rf build validated_loss/_C*.so validated_loss/_build_info.py
