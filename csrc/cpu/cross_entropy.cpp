@@ -1,11 +1,11 @@
 // The CPU ops: check the contract, allocate outputs, call the kernels of the widest instruction
 // set this CPU has, and raise at once for a bad target (the CPU has no queue to wait on).
+#include <ATen/Dispatch.h>
 #include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/ones.h>
-#include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
 #include "../op_common.h"
@@ -61,12 +61,22 @@ Tensor new_loss_rows(const Tensor& logits, int64_t reduction, at::ScalarType dty
   return reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options().dtype(dtype)) : Tensor();
 }
 
+// A 0-dim tensor of `value` rounded to options' dtype: a sum past float16's range becomes inf, as
+// torch's own loss does. Not at::scalar_tensor, which raises for such a value on torch 2.6.
+Tensor scalar_of(double value, const at::TensorOptions& options) {
+  Tensor out = at::empty({}, options);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "validated_loss_scalar", [&] {
+    *out.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(value);
+  });
+  return out;
+}
+
 // The reduced loss as a 0-dim tensor of `dtype` (loss_dtype), or the per-row losses.
 Tensor reduced_loss(const ForwardTotals& totals, int64_t reduction, double mean_divisor, const Tensor& loss_rows,
                     const Tensor& logits, at::ScalarType dtype) {
   if (reduction == kReductionNone) return loss_rows;
   const double value = reduction == kReductionMean ? mean_loss(totals.loss_sum, mean_divisor) : totals.loss_sum;
-  return at::scalar_tensor(value, logits.options().dtype(dtype));
+  return scalar_of(value, logits.options().dtype(dtype));
 }
 
 Tensor status_of(const ForwardTotals& totals, const Tensor& logits) {
@@ -138,7 +148,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
   const Tensor status = status_of(totals, logits);
   raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
   return {reduced_loss(totals, reduction, totals.total_weight, loss_rows, logits, out_dtype), lse,
-          at::scalar_tensor(totals.total_weight, logits.options().dtype(acc)), status};
+          scalar_of(totals.total_weight, logits.options().dtype(acc)), status};
 }
 
 // The class-index gradient: into a fresh tensor, or (in_place) over the logits themselves, which
@@ -211,8 +221,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
                                    grad_output_of(logits));
   const Tensor status = status_of(totals, logits);
   raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
-  const Tensor loss = reduction == kReductionNone ? loss_rows : at::scalar_tensor(totals.loss_sum, lse.options());
-  return {loss, lse, at::scalar_tensor(totals.total_weight, logits.options().dtype(acc)), status};
+  const Tensor loss = reduction == kReductionNone ? loss_rows : scalar_of(totals.loss_sum, lse.options());
+  return {loss, lse, scalar_of(totals.total_weight, logits.options().dtype(acc)), status};
 }
 
 std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cpu(const Tensor& logits, const Tensor& target,
