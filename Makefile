@@ -20,7 +20,12 @@ endif
 PY := $(CURDIR)/$(VENV)/bin/python
 DEPS := $(VENV)/.deps-installed
 
-.PHONY: build test test-isa bench bench-full cuda-check asan clean
+# The supported range: the oldest torch (pyproject's lower bound) and the newest pip serves here.
+# `make test-torch-range` runs the full suite on both (CI does).
+OLDEST_TORCH_SPEC := torch==2.6.0
+NEWEST_TORCH_SPEC := torch==2.14.1
+
+.PHONY: build test test-torch-range test-isa bench bench-full cuda-check asan clean
 
 $(DEPS): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +48,10 @@ endif
 test: build
 	cd $(TREE) && $(PY) -m pytest tests
 
+test-torch-range:
+	$(MAKE) test TORCH_SPEC=$(OLDEST_TORCH_SPEC)
+	$(MAKE) test TORCH_SPEC=$(NEWEST_TORCH_SPEC)
+
 # The kernels are compiled for three CPU capabilities and the machine runs the widest; this runs
 # the kernel suites on the two narrower builds too (ATen honours ATEN_CPU_CAPABILITY).
 ISA_TESTS := tests/test_parity.py tests/test_properties.py tests/test_kernel_paths.py tests/test_llm_options.py \
@@ -58,9 +67,13 @@ bench-full: build
 	$(PY) benchmarks/bench.py --full
 
 # Compiles the CUDA kernels with nvcc against the CUDA build of torch (no GPU needed), checks
-# ptxas spills and the machine code, and imports the result.
+# ptxas spills and the machine code, and imports the result. Against the newest torch, in the venv
+# `make test TORCH_SPEC=$(NEWEST_TORCH_SPEC)` uses (torch's PyPI wheel is its CUDA build), so CI
+# installs it once; CUDA_VENV and TORCH_CUDA_SPEC override both.
+NEWEST_VENV := $(CURDIR)/.venv-$(subst ==,-,$(NEWEST_TORCH_SPEC))
 cuda-check:
-	bash scripts/cuda_check.sh
+	CUDA_VENV="$${CUDA_VENV:-$(NEWEST_VENV)}" TORCH_CUDA_SPEC="$${TORCH_CUDA_SPEC:-$(NEWEST_TORCH_SPEC)}" \
+		bash scripts/cuda_check.sh
 
 # The C++ kernels built with AddressSanitizer, in a copy of the tree so the normal build is
 # untouched, and the CPU test suite run under it.
