@@ -650,7 +650,7 @@ def _torch_error_or_none(inp, tgt, kw):
 
 
 # Older torch differs from 2.13 on corner cases this search finds at once (empty inputs skip its
-# dtype checks; a same-shape integer target is read as class indices; other error classes).
+# target dtype check; other error classes and texts for empty and one-element inputs).
 @pytest.mark.skipif(not TORCH_CHECKS_AS_OURS, reason=OLDER_TORCH_CHECKS)
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cross_entropy_arguments())
