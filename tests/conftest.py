@@ -189,7 +189,7 @@ def _magnitudes(x, target, weight, kwargs, go):
     kw = {k: v for k, v in kwargs.items() if k in ("ignore_index", "label_smoothing")}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        terms = F.cross_entropy(x.detach().double(), q.abs() if prob else q, w.abs(), reduction="none", **kw)
+        terms = torch_cross_entropy(x.detach().double(), q.abs() if prob else q, w.abs(), reduction="none", **kw)
     terms = terms[torch.isfinite(terms)].abs()
     loss_scale = terms.max().item() if reduction == "none" and terms.numel() else terms.sum().item()
     grad_scale = 0.0
