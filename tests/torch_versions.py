@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 TORCH_VERSION = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
 
-# Our error texts start with the installed torch's own (checked exactly) from torch 2.13 on.
+# Our error texts start with the installed torch's own (checked exactly) from torch 2.13 on; before,
+# torch may also take another of two failing checks first.
 TORCH_CHECKS_AS_OURS = TORCH_VERSION >= (2, 13)
 OLDER_TORCH_CHECKS = (f"torch {torch.__version__} words (or types) this check differently from torch 2.13, "
                       "whose checks validated_loss implements")
