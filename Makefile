@@ -1,14 +1,32 @@
 # Every target creates the virtual environment and builds the extension when needed, so a fresh
 # clone needs nothing installed by hand.
 PYTHON ?= python3
-VENV := .venv
-PY := $(VENV)/bin/python
-DEPS := $(VENV)/.deps-installed
 # torch 2.13.0's CPU build; the CUDA sources are compiled separately by cuda-check.
-TORCH_SPEC ?= torch==2.13.0
+DEFAULT_TORCH_SPEC := torch==2.13.0
+TORCH_SPEC ?= $(DEFAULT_TORCH_SPEC)
 TEST_DEPS := numpy hypothesis pytest ninja matplotlib tqdm expecttest setuptools wheel
+# Another torch (`make test TORCH_SPEC=torch==2.6.0`) gets its own venv (.venv-torch-2.6.0) and its
+# own copy of the tree (build/torch-2.6.0), built there CPU-only: the in-place module of the
+# working tree is built against the default torch and is never touched (a module built against one
+# torch does not load in another, and setup.py would not notice the change and rebuild it).
+ifeq ($(TORCH_SPEC),$(DEFAULT_TORCH_SPEC))
+VENV := .venv
+TREE := .
+else
+TORCH_TAG := $(subst ==,-,$(TORCH_SPEC))
+VENV := .venv-$(TORCH_TAG)
+TREE := build/$(TORCH_TAG)
+endif
+PY := $(CURDIR)/$(VENV)/bin/python
+DEPS := $(VENV)/.deps-installed
 
-.PHONY: build test test-isa bench bench-full cuda-check asan test-cuda-emu test-cuda-emu-mutants test-install gpu-check clean
+# The supported range: the oldest torch (pyproject's lower bound) and the newest pip serves here.
+# `make test-torch-range` runs the full suite on both (CI does).
+OLDEST_TORCH_SPEC := torch==2.6.0
+NEWEST_TORCH_SPEC := torch==2.14.1
+
+.PHONY: build test test-torch-range test-isa bench bench-full cuda-check asan test-cuda-emu test-cuda-emu-mutants test-install \
+	gpu-check clean
 
 $(DEPS): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,11 +34,24 @@ $(DEPS): Makefile
 	$(PY) -m pip install -q "$(TORCH_SPEC)" $(TEST_DEPS)
 	touch $@
 
+# Another torch's tree: the working tree's files (tracked and new, as git lists them) over a fresh
+# copy; the copy's build/ stays, and tar keeps the timestamps, so ninja recompiles only what changed.
 build: $(DEPS)
+ifneq ($(TREE),.)
+	mkdir -p $(TREE)
+	find $(TREE) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C $(TREE)
+	cd $(TREE) && FORCE_ONLY_CPU=1 $(PY) setup.py -q build_ext --inplace
+else
 	$(PY) setup.py -q build_ext --inplace
+endif
 
 test: build
-	$(PY) -m pytest tests
+	cd $(TREE) && $(PY) -m pytest tests
+
+test-torch-range:
+	$(MAKE) test TORCH_SPEC=$(OLDEST_TORCH_SPEC)
+	$(MAKE) test TORCH_SPEC=$(NEWEST_TORCH_SPEC)
 
 # The kernels are compiled for three CPU capabilities and the machine runs the widest; this runs
 # the kernel suites on the two narrower builds too (ATen honours ATEN_CPU_CAPABILITY).
@@ -38,9 +69,13 @@ bench-full: build
 	$(PY) benchmarks/bench.py --full
 
 # Compiles the CUDA kernels with nvcc against the CUDA build of torch (no GPU needed), checks
-# ptxas spills and the machine code, and imports the result.
+# ptxas spills and the machine code, and imports the result. Against the newest torch, in the venv
+# `make test TORCH_SPEC=$(NEWEST_TORCH_SPEC)` uses (torch's PyPI wheel is its CUDA build), so CI
+# installs it once; CUDA_VENV and TORCH_CUDA_SPEC override both.
+NEWEST_VENV := $(CURDIR)/.venv-$(subst ==,-,$(NEWEST_TORCH_SPEC))
 cuda-check:
-	bash scripts/cuda_check.sh
+	CUDA_VENV="$${CUDA_VENV:-$(NEWEST_VENV)}" TORCH_CUDA_SPEC="$${TORCH_CUDA_SPEC:-$(NEWEST_TORCH_SPEC)}" \
+		bash scripts/cuda_check.sh
 
 # The C++ kernels built with AddressSanitizer, in a copy of the tree so the normal build is
 # untouched, and the CPU test suite run under it.
@@ -52,11 +87,11 @@ asan: $(DEPS)
 	rm -rf $(ASAN_TREE) && mkdir -p $(ASAN_TREE)
 	cp -r setup.py pyproject.toml csrc validated_loss tests $(ASAN_TREE)/
 	rm -f $(ASAN_TREE)/validated_loss/_C*.so
-	cd $(ASAN_TREE) && FORCE_ONLY_CPU=1 VALIDATED_LOSS_SANITIZE=address $(CURDIR)/$(PY) setup.py -q build_ext --inplace
+	cd $(ASAN_TREE) && FORCE_ONLY_CPU=1 VALIDATED_LOSS_SANITIZE=address $(PY) setup.py -q build_ext --inplace
 	# libstdc++ is preloaded too: python itself does not link it, and ASan must find __cxa_throw at start-up.
 	cd $(ASAN_TREE) && LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libstdc++.so)" \
 		ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:abort_on_error=1 \
-		$(CURDIR)/$(PY) -m pytest $(ASAN_TESTS) -p no:cacheprovider -x -m "not slow"
+		$(PY) -m pytest $(ASAN_TESTS) -p no:cacheprovider -x -m "not slow"
 
 # The CUDA kernels executed on the CPU: csrc/cuda/*.cu compiled a second time as host C++ against
 # the project's CUDA emulation (csrc/cuda_emu), loaded in place of validated_loss._C for CPU tensors
@@ -82,12 +117,12 @@ test-cuda-emu-mutants: $(DEPS)
 
 # Installs as a user does (tests/test_install.py): pip into new virtual environments, from a fresh
 # clone of the committed tree and from an sdist, then imports that build with another torch: the
-# torch 2.14.1 of .venv-cuda, made here as cuda-check makes it when missing. The in-tree build is
-# not what is tested, but tests/conftest.py imports the package (free after make test).
+# newest, in the venv test-torch-range and cuda-check use (made here when missing). The in-tree
+# build is not what is tested, but tests/conftest.py imports the package (free after make test).
 test-install: build
-	test -x .venv-cuda/bin/python || { $(PYTHON) -m venv .venv-cuda && \
-		.venv-cuda/bin/python -m pip install -q torch==2.14.1 ninja setuptools wheel; }
-	VL_INSTALL_TEST=1 $(PY) -m pytest tests/test_install.py -p no:cacheprovider -s
+	test -x $(NEWEST_VENV)/bin/python || { $(PYTHON) -m venv $(NEWEST_VENV) && \
+		$(NEWEST_VENV)/bin/python -m pip install -q $(NEWEST_TORCH_SPEC) ninja setuptools wheel; }
+	VL_INSTALL_TEST=1 VL_OTHER_TORCH_PYTHON=$(NEWEST_VENV)/bin/python $(PY) -m pytest tests/test_install.py -p no:cacheprovider -s
 
 clean:
 	rm -rf build validated_loss/_C*.so validated_loss/_build_info.py

@@ -24,6 +24,7 @@ import argparse
 import os
 import socket
 import sys
+import time
 from datetime import timedelta
 
 import torch
@@ -104,6 +105,10 @@ def _worker(rank, world, port, configs, results):
                                  model=model.communicated, gather=(vocab - classes) * shard.element_size(),
                                  per_call=per_call, other=sum(forward.values()), bwd=sum(backward.values())))
     finally:
+        # Gloo's worker threads get the GIL first: on torch 2.6 one still dropping the last
+        # reference to a Python tensor of a finished collective waits for the GIL, which the
+        # destroying thread holds while it joins that worker (a deadlock, about one run in five).
+        time.sleep(0.2)
         dist.destroy_process_group()
 
 

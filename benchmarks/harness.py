@@ -156,7 +156,8 @@ def make_contenders(device, wanted=None):
     """The contenders for one shape/dtype. torch.compile gets a fresh, reset cache each time so
     every shape is compiled once, statically (dynamic=False), and never hits the recompile limit."""
     torch._dynamo.reset()
-    compiled = torch.compile(F.cross_entropy, dynamic=False)
+    # A wrapper, not F.cross_entropy itself: torch 2.6's torch.compile refuses a torch function.
+    compiled = torch.compile(lambda x, y: F.cross_entropy(x, y), dynamic=False)
     contenders = [
         Contender(OURS, lambda x, y: vl.cross_entropy(x, y)),
         Contender(f"{OURS} [validate=off]", lambda x, y: vl.cross_entropy(x, y, validate="off")),

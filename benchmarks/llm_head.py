@@ -264,6 +264,11 @@ def main():
     args = p.parse_args()
     if args.worker:
         return worker(args)
+    import torch
+
+    if not hasattr(torch.nn.functional, "linear_cross_entropy"):  # every number is relative to it
+        sys.exit(f"llm_head.py measures against torch's chunked F.linear_cross_entropy, which torch "
+                 f"{torch.__version__} lacks (torch 2.13 added it)")
     names = [n for n in args.contenders.split(",") if n]
     skipped = [n for n in names if not _available(n, args.device)]
     names = [n for n in names if n not in skipped]

@@ -23,6 +23,12 @@ def raised(fn, *args):
     return info.value
 
 
+def text(error):
+    """The error's message without the "While executing %node" paragraph that torch.fx's
+    interpreter (aot_eager) appends to it on torch 2.6 (later torch keeps it out of str())."""
+    return str(error).split("\n\nWhile executing %")[0]
+
+
 @pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
 def test_a_bad_target_raises_the_same_error_as_eager(backend):
     x, t = torch.randn(2, 5, 3), torch.randint(0, 5, (2, 3))
@@ -30,7 +36,7 @@ def test_a_bad_target_raises_the_same_error_as_eager(backend):
     compiled = torch.compile(lambda x, t: vl.cross_entropy(x, t, ignore_index=-1), backend=backend, fullgraph=True)
     eager, inside = raised(vl.cross_entropy, x, t, None, None, -1), raised(compiled, x, t)
     assert type(inside) is vl.TargetOutOfRangeError and isinstance(inside, IndexError)
-    assert str(inside) == str(eager)
+    assert text(inside) == str(eager)
     assert (inside.position, inside.value, inside.count, inside.num_classes, inside.ignore_index) == \
         ((0, 1), -4, 2, 5, -1)
 
@@ -42,7 +48,7 @@ def test_a_non_finite_logit_raises_the_same_error_as_eager():
                              fullgraph=True)
     inside = raised(compiled, x, t)
     assert type(inside) is vl.NonFiniteLogitsError and isinstance(inside, ValueError)
-    assert str(inside) == str(raised(lambda: vl.cross_entropy(x, t, check_finite=True)))
+    assert text(inside) == str(raised(lambda: vl.cross_entropy(x, t, check_finite=True)))
     assert (inside.row, inside.column) == (2, 5)
 
 

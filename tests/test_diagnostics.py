@@ -1,5 +1,8 @@
 """validated_loss.diagnostics against torch 2.13's own checks.
 
+On a torch older than 2.13 the comparisons check what holds across versions (tests/torch_versions.py):
+our class is still caught by the class that torch raised, and the message still explains itself.
+
 For every misuse in the table, torch.nn.functional.cross_entropy is run first: the test fails if
 torch does not raise the type the table says (so the table cannot drift from torch). Then
 check_inputs must raise our class, which must be a ValidatedLossError *and* be caught by
@@ -22,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+
+from torch_versions import OLDER_TORCH_CHECKS, TORCH_CHECKS_AS_OURS, torch_cross_entropy
 
 try:
     from validated_loss import diagnostics as D
@@ -372,14 +377,19 @@ def _ours_raises(inp, tgt, kw):
 def test_misuse_matches_torch_and_explains(c):
     inp, tgt, kw = c.make()
     theirs = _torch_raises(inp, tgt, kw)
-    assert type(theirs) is c.torch_type, f"torch raised {type(theirs).__name__}: {theirs}"
+    if TORCH_CHECKS_AS_OURS:
+        assert type(theirs) is c.torch_type, f"torch raised {type(theirs).__name__}: {theirs}"
 
     ours = _ours_raises(inp, tgt, kw)
     assert type(ours) is c.ours, f"we raised {type(ours).__name__}:\n{ours}"
-    with pytest.raises(c.torch_type):  # existing `except <torch's type>` clauses still catch it
-        raise ours
+    # Existing `except <torch's type>` clauses still catch it. The "first_*" cases pin torch 2.13's
+    # order of two checks that both fail; an older torch may take the other one first.
+    catchers = (c.torch_type,) if c.id.startswith("first_") else (c.torch_type, type(theirs))
+    for caught_by in catchers:
+        with pytest.raises(caught_by):
+            raise ours
     message = str(ours)
-    if c.same_text:
+    if c.same_text and TORCH_CHECKS_AS_OURS:
         assert message.startswith(str(theirs)), f"torch said:\n{theirs}\nwe said:\n{message}"
     for text in c.contains:
         assert text in message, f"{text!r} missing from:\n{message}"
@@ -570,7 +580,7 @@ def test_valid_inputs_pass_with_torchs_mode(shape):
     checked = 0
     for name, inp, tgt, kw, mode in VALID:
         if name.startswith(str(shape)):
-            F.cross_entropy(inp, tgt, **kw)  # torch accepts it (else the grid is wrong)
+            torch_cross_entropy(inp, tgt, **kw)  # torch accepts it (else the grid is wrong)
             assert run_check_inputs(inp, tgt, kw) == mode, name
             checked += 1
     assert checked > 50
@@ -579,7 +589,7 @@ def test_valid_inputs_pass_with_torchs_mode(shape):
 @pytest.mark.parametrize("name,inp,tgt,kw,mode", [v for v in VALID if not v[0].startswith("(")],
                          ids=[v[0] for v in VALID if not v[0].startswith("(")])
 def test_valid_special_cases_pass(name, inp, tgt, kw, mode):
-    F.cross_entropy(inp, tgt, **kw)
+    torch_cross_entropy(inp, tgt, **kw)
     assert run_check_inputs(inp, tgt, kw) == mode
 
 
@@ -637,12 +647,15 @@ def cross_entropy_arguments(draw):
 
 def _torch_error_or_none(inp, tgt, kw):
     try:
-        F.cross_entropy(inp, tgt, **kw)
+        torch_cross_entropy(inp, tgt, **kw)
     except Exception as exc:  # noqa: BLE001 - any torch error is compared
         return exc
     return None
 
 
+# Older torch differs from 2.13 on corner cases this search finds at once (empty inputs skip its
+# target dtype check; other error classes and texts for empty and one-element inputs).
+@pytest.mark.skipif(not TORCH_CHECKS_AS_OURS, reason=OLDER_TORCH_CHECKS)
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cross_entropy_arguments())
 def test_random_arguments_raise_exactly_when_torch_does(args):

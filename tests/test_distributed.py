@@ -66,6 +66,7 @@ def _serve(rank, world, port, tasks, results):
                 answer = ("error", traceback.format_exc())
             results.put((rank, answer))
     finally:
+        time.sleep(0.2)  # gloo's threads get the GIL first (benchmarks/distributed_bytes.py says why)
         dist.destroy_process_group()
 
 

@@ -3,6 +3,7 @@ reference and chunked paths, and F.cross_entropy(F.linear(x, W, b), t)), forward
 input, linear weight and bias, every argument combination; the LLM options; chunking; validation
 and diagnostics; the module's torch interface."""
 
+import dataclasses
 import itertools
 
 import pytest
@@ -10,12 +11,21 @@ import torch
 import torch.nn.functional as F
 
 from conftest import gen, require_vl
+from torch_versions import TORCH_VERSION
 
 vl = require_vl()
 from validated_loss import _reference  # noqa: E402
 from validated_loss._linear_chunked import CHUNK_BYTES, auto_chunk_rows  # noqa: E402
+from validated_loss._linear_module import OwnLinearCrossEntropyLoss, OwnLinearCrossEntropyOptions  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+# torch 2.13 added F.linear_cross_entropy and nn.LinearCrossEntropyLoss/Options; on an older torch
+# validated_loss has its own module and options, and the comparisons with torch's function (its
+# chunked path, its exact error texts) cannot run.
+TORCH_LINEAR = hasattr(F, "linear_cross_entropy")
+NO_TORCH_LINEAR = f"torch {torch.__version__} has no F.linear_cross_entropy / nn.LinearCrossEntropyLoss (torch 2.13 added them)"
+needs_torch_linear = pytest.mark.skipif(not TORCH_LINEAR, reason=NO_TORCH_LINEAR)
 
 N, H, C = 23, 12, 40
 
@@ -54,6 +64,17 @@ def torch_reference(x, W, target, linear_bias=None, **kw):
     return F.cross_entropy(F.linear(x, W, linear_bias), target, **kw)
 
 
+def torch_linear_cross_entropy(x, W, target, linear_bias=None, **kw):
+    """torch's F.linear_cross_entropy; before torch 2.13 its reference path spelled out (K-dimensional
+    weights flattened for F.linear, the logits reshaped to (N, C, *out_features))."""
+    if TORCH_LINEAR:
+        return F.linear_cross_entropy(x, W, target, linear_bias=linear_bias, **kw)
+    rows = W.shape[:-1]
+    b = None if linear_bias is None else linear_bias.reshape(-1)
+    logits = F.linear(x, W.reshape(-1, W.shape[-1]), b).reshape(*x.shape[:-1], *rows)
+    return F.cross_entropy(logits, target, **kw)
+
+
 def formula_reference(x, W, target, linear_bias=None, weight=None, reduction="mean", ignore_index=-100,
                       label_smoothing=0.0, lse_square_scale=0.0, softcap=None, return_lse=False):
     loss, lse = _reference.cross_entropy(F.linear(x, W, linear_bias), target, weight, reduction, ignore_index,
@@ -88,7 +109,8 @@ def test_parity_with_full_logits(reduction, weight, ignore, smoothing, bias, chu
     ours = run(_bind(vl.linear_cross_entropy, t), x, W, b, go, chunk_size=chunk, **kw)
     assert_matches(ours, run(_bind(torch_reference, t), x, W, b, go, **kw))
     # and torch's own F.linear_cross_entropy (reference path), the same keyword arguments
-    assert_matches(ours, run(_bind(F.linear_cross_entropy, t), x, W, b, go, **kw))
+    if TORCH_LINEAR:
+        assert_matches(ours, run(_bind(F.linear_cross_entropy, t), x, W, b, go, **kw))
 
 
 # run() calls fn(x, W, linear_bias=...): the target is bound here.
@@ -96,6 +118,7 @@ def _bind(fn, t):
     return lambda x, W, linear_bias=None, **k: fn(x, W, t, linear_bias=linear_bias, **k)
 
 
+@needs_torch_linear
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 @pytest.mark.parametrize("bias", [False, True])
 def test_parity_with_torch_chunked_path(reduction, bias):
@@ -164,8 +187,8 @@ def test_options_batch_chunk_size_is_the_chunk_size(monkeypatch):
     original = _linear_chunked._chunks
     monkeypatch.setattr(_linear_chunked, "_chunks", lambda n, rows: (seen.append(rows), original(n, rows))[1])
     x, W, b, t, w = make()
-    vl.linear_cross_entropy(x, W, t, options=torch.nn.LinearCrossEntropyOptions(batch_chunk_size=6))
-    vl.linear_cross_entropy(x, W, t, chunk_size=4, options=torch.nn.LinearCrossEntropyOptions(batch_chunk_size=6))
+    vl.linear_cross_entropy(x, W, t, options=vl.LinearCrossEntropyOptions(batch_chunk_size=6))
+    vl.linear_cross_entropy(x, W, t, chunk_size=4, options=vl.LinearCrossEntropyOptions(batch_chunk_size=6))
     vl.linear_cross_entropy(x, W, t)
     assert seen == [6, 4, N]
 
@@ -234,7 +257,7 @@ def test_second_backward():
     loss.backward()  # recomputed: the forward's gradients went to the first backward (issue 15, item 5)
     torch.testing.assert_close(W.grad, 2 * first)
     W.grad = None
-    opts = torch.nn.LinearCrossEntropyOptions(allow_retain_graph=True)
+    opts = vl.LinearCrossEntropyOptions(allow_retain_graph=True)
     loss = vl.linear_cross_entropy(x, W, t, options=opts)
     loss.backward(retain_graph=True)
     first = W.grad.clone()
@@ -263,18 +286,20 @@ def test_probability_targets_and_k_dim_weights_match_torch():
     q = torch.softmax(torch.randn(N, C, generator=gen(5), dtype=x.dtype), 1)
     for kw in (dict(), dict(label_smoothing=0.1, reduction="sum")):
         assert_matches(run(_bind(vl.linear_cross_entropy, q), x, W, b, **kw),
-                       run(_bind(F.linear_cross_entropy, q), x, W, b, **kw))
+                       run(_bind(torch_linear_cross_entropy, q), x, W, b, **kw))
     Wk = torch.randn(C, 3, H, generator=gen(6), dtype=x.dtype)
     bk = torch.randn(C, 3, generator=gen(7), dtype=x.dtype)
     tk = torch.randint(0, C, (N, 3), generator=gen(8))
     assert_matches(run(_bind(vl.linear_cross_entropy, tk), x, Wk, bk, ignore_index=2),
-                   run(_bind(F.linear_cross_entropy, tk), x, Wk, bk, ignore_index=2))
+                   run(_bind(torch_linear_cross_entropy, tk), x, Wk, bk, ignore_index=2))
 
 
 def test_mixed_dtypes_raise_torchs_error():
     x, W, b, t, w = make()
     with pytest.raises(RuntimeError) as ours:
         vl.linear_cross_entropy(x.float(), W, t)
+    if not TORCH_LINEAR:
+        pytest.skip(NO_TORCH_LINEAR)
     with pytest.raises(RuntimeError) as theirs:
         F.linear_cross_entropy(x.float(), W, t)
     assert str(ours.value) == str(theirs.value)
@@ -292,6 +317,8 @@ def test_shape_errors_are_torchs(args):
     x, W, b, t, w = make()
     with pytest.raises(RuntimeError) as ours:
         vl.linear_cross_entropy(*args(x, W, t))
+    if not TORCH_LINEAR:
+        pytest.skip(NO_TORCH_LINEAR)
     with pytest.raises(RuntimeError) as theirs:
         F.linear_cross_entropy(*args(x, W, t))
     assert str(ours.value) == str(theirs.value)
@@ -302,6 +329,8 @@ def test_bias_shape_error_is_torchs():
     bad = torch.zeros(C + 1, dtype=x.dtype)
     with pytest.raises(RuntimeError) as ours:
         vl.linear_cross_entropy(x, W, t, linear_bias=bad)
+    if not TORCH_LINEAR:
+        pytest.skip(NO_TORCH_LINEAR)
     with pytest.raises(RuntimeError) as theirs:
         F.linear_cross_entropy(x, W, t, linear_bias=bad)
     assert str(ours.value) == str(theirs.value)
@@ -368,6 +397,7 @@ def test_argument_errors():
 # --------------------------------------------------------------------------- the module
 
 
+@needs_torch_linear
 def test_module_is_torchs():
     torch.manual_seed(0)
     ours = vl.LinearCrossEntropyLoss(H, C, bias=True, dtype=torch.float64, ignore_index=3, label_smoothing=0.1)
@@ -399,13 +429,74 @@ def test_module_extras():
 
 
 def test_module_k_dimensional():
-    torch.manual_seed(1)
     ours = vl.LinearCrossEntropyLoss(H, C, out_features=(2,), bias=True, dtype=torch.float64)
-    torch.manual_seed(1)
-    theirs = torch.nn.LinearCrossEntropyLoss(H, C, out_features=(2,), bias=True, dtype=torch.float64)
     x, _, _, _, _ = make()
     t = torch.randint(0, C, (N, 2), generator=gen(2))
-    torch.testing.assert_close(ours(x, t), theirs(x, t))
+    W = ours.linear.weight.reshape(C, 2, H)
+    b = ours.linear.bias.reshape(C, 2)
+    torch.testing.assert_close(ours(x, t), torch_linear_cross_entropy(x, W, t, linear_bias=b))
+
+
+# The same checkpoint layout on every torch: a state_dict saved on one torch loads on another.
+MODULE_KWARGS = [dict(), dict(bias=True, out_features=(2, 3), weight=torch.rand(C, dtype=torch.float64) + 0.5,
+                              ignore_index=3, label_smoothing=0.1, reduction="sum",
+                              options=vl.LinearCrossEntropyOptions(batch_chunk_size=4))]
+
+
+@pytest.mark.parametrize("kw", MODULE_KWARGS, ids=["defaults", "everything"])
+def test_module_layout_on_every_torch(kw):
+    m = vl.LinearCrossEntropyLoss(H, C, dtype=torch.float64, **kw)
+    rows = C * 6 if kw else C
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    expected = {"linear.weight": (rows, H)}
+    if kw:
+        expected.update({"weight": (C,), "linear.bias": (rows,)})
+    assert shapes == expected
+    assert (m.num_classes, m.out_features, m.ignore_index, m.label_smoothing) == \
+        (C, kw.get("out_features", ()), kw.get("ignore_index"), kw.get("label_smoothing", 0.0))
+    m.load_state_dict({k: v + 1 for k, v in m.state_dict().items()})
+
+
+@needs_torch_linear
+@pytest.mark.parametrize("kw", MODULE_KWARGS, ids=["defaults", "everything"])
+def test_own_module_base_is_torchs(kw):
+    """The constructor and layout used on a torch without nn.LinearCrossEntropyLoss, against
+    torch's own: the same parameters from the same seed, state_dict, attributes and repr."""
+    torch.manual_seed(3)
+    ours = OwnLinearCrossEntropyLoss(H, C, dtype=torch.float64, **kw)
+    torch.manual_seed(3)
+    theirs = torch.nn.LinearCrossEntropyLoss(H, C, dtype=torch.float64, **kw)
+    assert repr(ours) == repr(theirs)
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    for k, v in ours.state_dict().items():
+        torch.testing.assert_close(v, theirs.state_dict()[k], rtol=0, atol=0)
+    for name in ("num_classes", "out_features", "reduction", "ignore_index", "label_smoothing", "options"):
+        assert getattr(ours, name) == getattr(theirs, name)
+    for bad in (dict(weight=torch.ones(C + 1)), dict(label_smoothing=1.5)):
+        with pytest.raises(RuntimeError) as e_ours:
+            OwnLinearCrossEntropyLoss(H, C, **bad)
+        with pytest.raises(RuntimeError) as e_theirs:
+            torch.nn.LinearCrossEntropyLoss(H, C, **bad)
+        assert str(e_ours.value) == str(e_theirs.value)
+
+
+@needs_torch_linear
+def test_own_options_are_torchs():
+    for kw in (dict(), dict(allow_retain_graph=True, batch_chunk_size=8, chunking_method=None,
+                            acc_policy="accurate", acc_dtype=torch.float32)):
+        assert repr(OwnLinearCrossEntropyOptions(**kw)) == repr(torch.nn.LinearCrossEntropyOptions(**kw))
+    for bad in (dict(acc_policy="fast"), dict(chunking_method="aspect_ratio:0"), dict(chunking_method="rows"),
+                dict(batch_chunk_size=0), dict(batch_chunk_size=2.0), dict(acc_dtype=torch.int64)):
+        with pytest.raises(ValueError) as e_ours:
+            OwnLinearCrossEntropyOptions(**bad)
+        with pytest.raises(ValueError) as e_theirs:
+            torch.nn.LinearCrossEntropyOptions(**bad)
+        # Ours are torch 2.13's words; 2.14 appends the valid choices to some of them.
+        assert str(e_theirs.value).startswith(str(e_ours.value))
+        if TORCH_VERSION == (2, 13):
+            assert str(e_ours.value) == str(e_theirs.value)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        OwnLinearCrossEntropyOptions().batch_chunk_size = 3
 
 
 def test_compiled_model_runs_eagerly_inside():

@@ -6,9 +6,15 @@ import os
 import subprocess
 import sys
 
+import pytest
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCH_LINEAR = hasattr(torch.nn.functional, "linear_cross_entropy")
 
 
+@pytest.mark.skipif(not TORCH_LINEAR, reason=f"the benchmark measures against torch's F.linear_cross_entropy, "
+                                           f"which torch {torch.__version__} lacks (torch 2.13 added it)")
 def test_llm_head_benchmark_runs(tmp_path):
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "llm_head.py"), "--tokens", "96", "--hidden", "16",
            "--vocab", "300", "--repeats", "1", "--threads", "1", "--out", str(tmp_path)]
@@ -26,3 +32,10 @@ def test_llm_head_benchmark_runs(tmp_path):
     assert set(data["verdict"]) >= {"memory_ratio", "speedup", "memory_met", "speed_met"}
     table = (tmp_path / "llm_head.md").read_text()
     assert "| validated_loss |" in table and "Issue 6 target" in table
+
+
+@pytest.mark.skipif(TORCH_LINEAR, reason="torch has F.linear_cross_entropy")
+def test_llm_head_benchmark_says_why_it_cannot_run(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "llm_head.py"), "--out", str(tmp_path)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 1 and "torch 2.13 added it" in proc.stderr

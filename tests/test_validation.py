@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import validated_loss as vl
+from torch_versions import TORCH_CHECKS_AS_OURS
 
 
 @pytest.mark.parametrize("shape,bad_row,bad_class", [
@@ -95,6 +96,12 @@ def test_random_inputs_match_torch_or_raise_a_documented_error(n, c, k, target_s
     try:
         ours = vl.cross_entropy(x, t, **kwargs)
     except KNOWN as error:
+        if torch_error is None and x.numel() == 0 and isinstance(error, vl.TargetDtypeError):
+            # An empty input skips torch's target dtype check where ours makes it: a uint8 target of
+            # a K-dim input under 'mean'/'sum' (test_diagnostics' known divergence), and before
+            # torch 2.13 any target dtype.
+            assert (target_dtype == torch.uint8 and k > 0) or not TORCH_CHECKS_AS_OURS, error
+            return
         assert torch_error is not None, f"torch accepted, we raised {error!r}"
         assert isinstance(error, type(torch_error)), (type(error), type(torch_error))
         return

@@ -38,12 +38,14 @@ from .diagnostics import __all__ as _diagnostics_all
 from .functional import cross_entropy
 from .linear import linear_cross_entropy
 from .loss import CrossEntropyLoss, LinearCrossEntropyLoss
+from ._linear_module import LinearCrossEntropyOptions  # torch's, or the same fields where torch lacks it
 from . import data  # check_loader
 from .patching import is_patched, patch, patched, unpatch
 from .memory import empty_cache, gradient_cache_bytes, gradient_cache_disabled, set_gradient_cache_limit
 
 __version__ = "0.1.0"
 
-__all__ = ["CrossEntropyLoss", "cross_entropy", "check_deferred", "LinearCrossEntropyLoss", "linear_cross_entropy",
-           "patch", "unpatch", "patched", "is_patched", "empty_cache", "gradient_cache_bytes", "gradient_cache_disabled",
+__all__ = ["CrossEntropyLoss", "cross_entropy", "check_deferred", "LinearCrossEntropyLoss", "LinearCrossEntropyOptions",
+           "linear_cross_entropy", "patch", "unpatch", "patched", "is_patched", "empty_cache", "gradient_cache_bytes",
+           "gradient_cache_disabled",
            "set_gradient_cache_limit", *_diagnostics_all]

@@ -107,13 +107,17 @@ def _torch_first_order(logits, target, weight, reduction, ignore_index, label_sm
                        lse_square_scale=0.0, softcap=0.0, grad_lse=None):
     """torch's d loss / d (logits, target) as a differentiable graph (for second order); with the
     LLM options (z-loss, softcap, an lse gradient), the same written with torch ops (_reference)."""
+    from . import _reference
+
     x, q, w = _in_loss_dtype(grad_loss, logits, target, weight)
     if not (lse_square_scale or softcap or grad_lse is not None):
-        loss = torch_cross_entropy(x, q, w, ignore_index=ignore_index,
-                                   reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
+        if q.is_floating_point():
+            loss = _reference.probability_cross_entropy(x, q, w, REDUCTION_NAMES[reduction], label_smoothing)
+        else:
+            loss = torch_cross_entropy(x, q, w, ignore_index=ignore_index,
+                                       reduction=REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
         wrt = [logits] + ([target] if target.requires_grad else [])
         return torch.autograd.grad(loss, wrt, grad_loss, create_graph=True)
-    from . import _reference
 
     loss, lse = _reference.cross_entropy(x, q, w, REDUCTION_NAMES[reduction], ignore_index,
                                          label_smoothing, lse_square_scale, softcap or None)
@@ -235,12 +239,13 @@ def _prob_fwd_backward(ctx, grad_loss, grad_lse, grad_status):
         grad_q = grad_q if ctx.needs_input_grad[1] else None
     if ctx.needs_input_grad[2]:
         # Only the probability path lets gradients reach the class weights (as in torch); rare
-        # enough that torch's composite computes it.
+        # enough that torch ops compute it.
+        from . import _reference
+
         with torch.enable_grad():
             w = weight.detach().requires_grad_()
             x, q, w_loss = _in_loss_dtype(grad_loss, logits.detach(), target.detach(), w)
-            loss = torch_cross_entropy(x, q, w_loss, reduction=REDUCTION_NAMES[reduction],
-                                       label_smoothing=label_smoothing)
+            loss = _reference.probability_cross_entropy(x, q, w_loss, REDUCTION_NAMES[reduction], label_smoothing)
             (grad_w,) = torch.autograd.grad(loss, w, grad_loss)
     return (grad_x, grad_q, grad_w) + no_grads
 

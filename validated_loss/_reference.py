@@ -1,7 +1,8 @@
 """The class-index loss with z-loss, softcap and lse written with torch ops only.
 
 What the kernels compute (csrc/xent_row.h), as a differentiable torch graph: the path for devices
-without our kernels, the second-order gradients of our ops, and the tests' reference.
+without our kernels, the second-order gradients of our ops, and the tests' reference. Also the
+probability-target loss, for the class-weight gradient and second order of that path.
 """
 
 import torch
@@ -50,3 +51,27 @@ def cross_entropy(logits, target, weight=None, reduction="mean", ignore_index=-1
             total_weight = torch.where(kept, weight.to(z.dtype)[torch.where(kept, target, 0)], 0).sum()
         z_sum = z_sum / total_weight
     return loss + z_sum.to(loss.dtype), lse
+
+
+def probability_cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing=0.0):
+    """torch's cross_entropy with class-probability targets, in the same ops as ATen's own
+    (cross_entropy_loss_prob_target). Not F.cross_entropy itself: before torch 2.13 that calls
+    numel() on its symbolic-shaped input, so it fails inside torch.compile(dynamic=True), and our
+    weight gradient and second order would fail with it."""
+    class_dim = 0 if logits.dim() == 1 else 1
+    classes = logits.shape[class_dim]
+    log_probs = torch.log_softmax(logits, class_dim)
+    if label_smoothing > 0:
+        target = target * (1 - label_smoothing) + label_smoothing / classes
+    terms = log_probs * target
+    if weight is not None:
+        shape = [1] * logits.dim()
+        shape[class_dim] = classes
+        terms = terms * weight.view(shape)
+    if reduction == "none":
+        return -terms.sum(class_dim)
+    total = -terms.sum()
+    if reduction == "sum":
+        return total
+    rows = logits.numel() // classes if classes else 0
+    return total / rows  # 0 / 0 = NaN for an empty batch, as torch

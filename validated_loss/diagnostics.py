@@ -332,7 +332,14 @@ def autocast_enabled(t: torch.Tensor) -> bool:
     """Whether torch's autocast is on for t's device (then cross_entropy runs under its fp32
     policy)."""
     device = t.device.type
-    return torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device)
+    return _autocast_available(device) and torch.is_autocast_enabled(device)
+
+
+@torch.compiler.assume_constant_result
+def _autocast_available(device_type: str) -> bool:
+    # Fixed for a process. Marked constant because torch.compile in torch 2.6 and 2.11 cannot trace
+    # torch._C._is_autocast_available (a graph break, an error under fullgraph).
+    return torch.amp.is_autocast_available(device_type)
 
 
 def autocast_dtype(t: torch.Tensor) -> torch.dtype:
@@ -372,7 +379,9 @@ def check_inputs(input, target, weight=None, ignore_index=-100,
     the mode by shape equality only) and ``"index"`` otherwise.
     """
     smoothing = float(label_smoothing)
-    if tuple(input.shape) == tuple(target.shape):
+    # Ranks first: torch.compile in torch 2.6 compares tuples of different lengths element by
+    # element and specialises the sizes it compared (a recompile per sequence length).
+    if input.dim() == target.dim() and tuple(input.shape) == tuple(target.shape):
         _check_probability_mode(input, target, weight, ignore_index, smoothing)
         return "probs"
     _check_index_mode(input, target, weight, smoothing)

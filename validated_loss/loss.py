@@ -2,10 +2,13 @@
 
 Each subclasses torch's module, so the constructor, the `weight` buffer (and the linear layer of
 LinearCrossEntropyLoss), state_dict keys, repr, `.to()` and isinstance checks are torch's own.
+On a torch without nn.LinearCrossEntropyLoss (before 2.13), LinearCrossEntropyLoss subclasses our
+copy of its constructor and layout instead (_linear_module.py).
 """
 
 import torch
 
+from ._linear_module import LinearCrossEntropyLossBase
 from .functional import cross_entropy
 from .linear import linear_cross_entropy
 
@@ -34,7 +37,7 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
                              return_lse=self.return_lse, inplace_backward=self.inplace_backward)
 
 
-class LinearCrossEntropyLoss(torch.nn.LinearCrossEntropyLoss):
+class LinearCrossEntropyLoss(LinearCrossEntropyLossBase):
     """Drop-in for torch.nn.LinearCrossEntropyLoss, computed in chunks by
     validated_loss.linear_cross_entropy. Extra keyword-only arguments: `lse_square_scale`,
     `softcap`, `return_lse`, `chunk_size`, `validate` (see there)."""

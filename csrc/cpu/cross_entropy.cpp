@@ -1,11 +1,11 @@
 // The CPU ops: check the contract, allocate outputs, call the kernels of the widest instruction
 // set this CPU has, and raise at once for a bad target (the CPU has no queue to wait on).
+#include <ATen/Dispatch.h>
 #include <ATen/Version.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/ones.h>
-#include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
 #include "../op_common.h"

@@ -29,6 +29,11 @@ using at::vec::Vectorized;
 template <typename scalar_t>
 using acc_type = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
+// The half types, widened to float for the arithmetic. Our own trait: ATen's
+// at::is_reduced_floating_point_v is missing in torch 2.6.
+template <typename scalar_t>
+constexpr bool is_reduced_float_v = std::is_same_v<scalar_t, at::Half> || std::is_same_v<scalar_t, at::BFloat16>;
+
 constexpr int64_t kChunkElems = 2048;  // 8 KiB of float: stays in L1 while it is worked on
 
 // Rows per reduction block: a function of C only, so a sum never depends on the thread count.
@@ -51,7 +56,7 @@ const acc_t* load_chunk(const scalar_t* row, int64_t stride, int64_t c0, int64_t
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (stride == 1) return p;
   }
-  if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
+  if constexpr (is_reduced_float_v<scalar_t>) {
     if (stride == 1) {
       using Vec = Vectorized<float>;
       int64_t c = 0;
@@ -84,7 +89,7 @@ void store_chunk(scalar_t* row, int64_t stride, int64_t c0, int64_t len, const a
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     if (stride == 1) return;  // computed in place by chunk_target
   }
-  if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
+  if constexpr (is_reduced_float_v<scalar_t>) {
     if (stride == 1) {
       using Vec = Vectorized<float>;
       int64_t c = 0;
@@ -413,7 +418,7 @@ float widen_chunk_max(const scalar_t* p, int64_t len, float* buf) {
 template <typename scalar_t, typename acc_t>
 const acc_t* load_logits_with_max(const scalar_t* row, int64_t stride, int64_t c0, int64_t len, acc_t* buf, acc_t cap,
                                   acc_t& max_out) {
-  if constexpr (at::is_reduced_floating_point_v<scalar_t>) {
+  if constexpr (is_reduced_float_v<scalar_t>) {
     if (stride == 1 && !(cap > acc_t(0))) {
       max_out = widen_chunk_max(row + c0, len, buf);
       return buf;

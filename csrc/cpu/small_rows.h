@@ -32,17 +32,43 @@ inline void transpose_tile(const acc_t* src, int64_t ld_src, acc_t* dst, int64_t
   at::vec::transpose_mxn<acc_t, L, L>(src, ld_src, dst, ld_dst);
 }
 
-// v[0..L) seen as the rows of an L x L tile, transposed in place: in registers where ATen has the
-// shuffle sequence (AVX2 float), else through memory.
+#if defined(CPU_CAPABILITY_AVX2)
+// An 8 x 8 float tile in eight AVX registers, transposed in registers: 32-bit interleaves, then
+// 64-bit, then 128-bit lane swaps. Written here rather than ATen's transpose_block, which torch
+// 2.6 lacks.
+inline void transpose_8x8(Vectorized<float>* v) {
+  __m256 a[8], b[8];
+  for (int i = 0; i < 8; i += 2) {  // a[i]: r_i0 r_j0 r_i1 r_j1 | r_i4 ..; a[i+1]: r_i2 r_j2 .. (j = i+1)
+    a[i] = _mm256_unpacklo_ps(v[i], v[i + 1]);
+    a[i + 1] = _mm256_unpackhi_ps(v[i], v[i + 1]);
+  }
+  const auto lo64 = [](__m256 x, __m256 y) {
+    return _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(x), _mm256_castps_pd(y)));
+  };
+  const auto hi64 = [](__m256 x, __m256 y) {
+    return _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(x), _mm256_castps_pd(y)));
+  };
+  for (int h = 0; h < 8; h += 4) {  // b[h + k]: column k (and k + 4) of rows h..h+3
+    b[h + 0] = lo64(a[h + 0], a[h + 2]);
+    b[h + 1] = hi64(a[h + 0], a[h + 2]);
+    b[h + 2] = lo64(a[h + 1], a[h + 3]);
+    b[h + 3] = hi64(a[h + 1], a[h + 3]);
+  }
+  for (int k = 0; k < 4; ++k) {  // join rows 0..3 and 4..7 of columns k and k + 4
+    v[k] = _mm256_permute2f128_ps(b[k], b[k + 4], 0x20);
+    v[k + 4] = _mm256_permute2f128_ps(b[k], b[k + 4], 0x31);
+  }
+}
+#endif
+
+// v[0..L) seen as the rows of an L x L tile, transposed in place: in registers for AVX2 float,
+// else through memory.
 template <typename acc_t>
 inline void transpose_vectors(Vectorized<acc_t>* v) {
   constexpr int L = Vectorized<acc_t>::size();
 #if defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<acc_t, float>) {
-    at::vec::VectorizedN<float, 8> t;
-    for (int i = 0; i < 8; ++i) t[i] = v[i];
-    at::vec::transpose_block(t);
-    for (int i = 0; i < 8; ++i) v[i] = t[i];
+    transpose_8x8(v);
     return;
   }
 #endif
