@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import gen, require_vl
-from torch_versions import TORCH_VERSION
+from torch_versions import NO_TORCH_LINEAR, TORCH_LINEAR, TORCH_VERSION
 
 vl = require_vl()
 from validated_loss import _reference  # noqa: E402
@@ -20,11 +20,6 @@ from validated_loss._linear_module import OwnLinearCrossEntropyLoss, OwnLinearCr
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-# torch 2.13 added F.linear_cross_entropy and nn.LinearCrossEntropyLoss/Options; on an older torch
-# validated_loss has its own module and options, and the comparisons with torch's function (its
-# chunked path, its exact error texts) cannot run.
-TORCH_LINEAR = hasattr(F, "linear_cross_entropy")
-NO_TORCH_LINEAR = f"torch {torch.__version__} has no F.linear_cross_entropy / nn.LinearCrossEntropyLoss (torch 2.13 added them)"
 needs_torch_linear = pytest.mark.skipif(not TORCH_LINEAR, reason=NO_TORCH_LINEAR)
 
 N, H, C = 23, 12, 40

@@ -11,9 +11,12 @@ from conftest import gen, require_vl
 
 vl = require_vl()
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+from torch_versions import NO_TORCH_LINEAR, TORCH_LINEAR  # noqa: E402
 
-Options = torch.nn.LinearCrossEntropyOptions
+# Every test here compares with torch's chunked path under the same options.
+pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.skipif(not TORCH_LINEAR, reason=NO_TORCH_LINEAR)]
+
+Options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
 
 
 def case(dtype, n=64, h=96, c=200, seed=0):

@@ -43,3 +43,11 @@ def torch_cross_entropy(input, target, *args, **kwargs):
             and not target.is_floating_point() and not smoothing > 0):
         target = target.reshape(())
     return F.cross_entropy(input, target, *args, **kwargs)
+
+# torch 2.13 added F.linear_cross_entropy and nn.LinearCrossEntropyLoss/Options; on an older torch
+# validated_loss has its own module and options, and comparisons with torch's own function (its
+# chunked path, its options, its exact error texts) cannot run. Elsewhere tests compare with
+# F.cross_entropy(input @ weight.T + bias), which every torch has.
+TORCH_LINEAR = hasattr(F, "linear_cross_entropy")
+NO_TORCH_LINEAR = (f"torch {torch.__version__} has no F.linear_cross_entropy / nn.LinearCrossEntropyLoss "
+                   "(torch 2.13 added them)")
