@@ -13,10 +13,13 @@ vl = require_vl()
 
 from torch_versions import NO_TORCH_LINEAR, TORCH_LINEAR  # noqa: E402
 
-# Every test here compares with torch's chunked path under the same options.
-pytestmark = [pytest.mark.usefixtures("single_thread"), pytest.mark.skipif(not TORCH_LINEAR, reason=NO_TORCH_LINEAR)]
+# Every test here compares with torch's chunked path under the same options (built at collection).
+if not TORCH_LINEAR:
+    pytest.skip(NO_TORCH_LINEAR, allow_module_level=True)
 
-Options = getattr(torch.nn, "LinearCrossEntropyOptions", None)
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+Options = torch.nn.LinearCrossEntropyOptions
 
 
 def case(dtype, n=64, h=96, c=200, seed=0):
