@@ -34,11 +34,19 @@ MUTANTS = {
         lambda m: ("t.invalid = b.invalid.position >= 0 ? b.invalid : a.invalid; "
                    "t.invalid.count = a.invalid.count + b.invalid.count;"),
         "every partial status with an invalid row overwrites the merged record instead of the first keeping it"),
+    "tile-fold-skips-last-warp": (
+        "cuda/team_reduce.cuh", r"for \(int lane = 1; lane < team; \+\+lane\) st = lane_combine",
+        lambda m: "for (int lane = 1; lane < team - 1; ++lane) st = lane_combine",
+        "a tile's row state leaves out its last warp's share of the classes (kTiledRows)"),
+    "split-merge-drops-last-split": (
+        "cuda/forward_kernels.cu", r"sp < split_plan\.splits; \+\+sp",
+        lambda m: "sp < split_plan.splits - 1; ++sp",
+        "the merge of a split row's states leaves out its last class range"),
 }
 
 TESTS = ["tests/test_cuda_emu.py", "-x", "-q", "-p", "no:cacheprovider", "-k",
          "status_record or every_schedule or parity_probabilities or "
-         "(parity_class and (tiny or c1025 or c4097) and contig and (plain or all))"]
+         "(parity_class and (tiny or c1025 or c4097 or bvt) and contig and (plain or all))"]
 
 
 def mutate(name):

@@ -25,8 +25,8 @@ import torch  # noqa: E402
 import validated_loss as vl  # noqa: E402
 from validated_loss import _library  # noqa: E402
 
-SHAPES = ["tiny", "c1", "c33", "c1025", "c4097", "c32771", "nchw"]
-SMALL_SHAPES = ["tiny", "c33", "c4097", "nchw"]
+SHAPES = ["tiny", "c1", "c33", "c1025", "c4097", "c32771", "nchw", "bvt"]
+SMALL_SHAPES = ["tiny", "c33", "c4097", "nchw", "bvt"]
 
 
 def grid_module():

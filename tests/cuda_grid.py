@@ -13,7 +13,9 @@ LOW = (torch.bfloat16, torch.float16)
 REDUCTIONS = ("none", "mean", "sum")
 
 # name -> (N, C, extra spatial dims): team-per-row (small C), warp-per-row (C ~ 1k), block-per-row
-# (large vocabularies, odd lengths), (N, C, H, W).
+# (large vocabularies, odd lengths; a few rows: split across blocks), (N, C, H, W), and a (B, V, T)
+# head whose contiguous layout is a strided class dim over adjacent rows (tiles of 32 rows, the
+# last one partial, each row's classes split across blocks).
 SHAPES = {
     "tiny": (13, 5, ()),
     "c1": (7, 1, ()),
@@ -36,6 +38,7 @@ SHAPES = {
     "c32771": (4, 32771, ()),
     "c50257": (3, 50257, ()),
     "nchw": (2, 7, (5, 3)),
+    "bvt": (3, 700, (45,)),
 }
 
 

@@ -143,10 +143,10 @@ static uint64_t base_address(int64_t misalign_elems, int elem_bytes) {
   return (uint64_t(1) << 40) + static_cast<uint64_t>(misalign_elems * elem_bytes);
 }
 
-static void simulate(const Case& k) {
+static void simulate_plan(const Case& k, Split split) {
   const RowGeometry xg = geometry_of(k.x), gg = geometry_of(k.grad);
   const RowIndexer xi = make_row_indexer(xg), gi = make_row_indexer(gg);
-  const LaunchPlan p = plan_for(xi, k.elem_bytes);
+  const LaunchPlan p = plan_for(xi, k.elem_bytes, split);
   const int64_t N = xg.num_rows, C = xg.num_classes;
   const int eb = k.elem_bytes;
   const uint64_t xbase = base_address(k.x_misalign, eb), gbase = base_address(k.g_misalign, eb);
@@ -154,8 +154,12 @@ static void simulate(const Case& k) {
 
   CHECK(p.threads == kThreads && p.team >= 1 && (p.team & (p.team - 1)) == 0, "%s: team %d", n, p.team);
   CHECK(p.team * p.rows_per_block == p.threads, "%s", n);
-  CHECK(p.mapping == kBlockRow ? p.team == p.threads : (p.team <= kWarpSize && kWarpSize % p.team == 0), "%s", n);
-  CHECK(p.grid >= (N > 0 ? 1 : 0) && p.grid <= kMaxGrid && p.grid <= p.groups, "%s: grid %" PRId64, n, p.grid);
+  CHECK(p.mapping == kBlockRow    ? p.team == p.threads
+        : p.mapping == kTiledRows ? p.rows_per_block == kTileRows
+                                  : (p.team <= kWarpSize && kWarpSize % p.team == 0),
+        "%s", n);
+  CHECK(p.splits >= 1 && (split == Split::kAllowed || p.splits == 1) && p.items == p.groups * p.splits, "%s: splits", n);
+  CHECK(p.grid >= (N > 0 ? 1 : 0) && p.grid <= kMaxGrid && p.grid <= p.items, "%s: grid %" PRId64, n, p.grid);
 
   const int64_t xext = extent(k.x), gext = extent(k.grad);
   std::vector<uint8_t> reads(static_cast<size_t>(xext), 0), writes(static_cast<size_t>(gext), 0),
@@ -168,7 +172,10 @@ static void simulate(const Case& k) {
   auto g_index = [&](uint64_t addr) { return static_cast<int64_t>((addr - gbase) / eb); };
 
   for (int64_t block = 0; block < p.grid; ++block) {
-    for (int64_t group = block; group < p.groups; group += p.grid) {
+    for (int64_t item = block; item < p.items; item += p.grid) {
+      const Item it = item_of(p, item);
+      const int64_t group = it.group;
+      CHECK(it.split >= 0 && it.split < p.splits && group * p.splits + it.split == item, "%s: item", n);
       for (int t = 0; t < p.threads; ++t) {
         const Slot s = slot_of(p, group, t);
         CHECK(s.lane >= 0 && s.lane < p.team, "%s", n);
@@ -178,6 +185,10 @@ static void simulate(const Case& k) {
           CHECK(s.lane == (t % kWarpSize) % p.team, "%s: thread %d is lane %d", n, t, s.lane);
           CHECK(slot_of(p, group, t - s.lane).row == s.row && (t - s.lane) / kWarpSize == t / kWarpSize,
                 "%s: team of thread %d split across warps", n, t);
+        } else if (p.mapping == kTiledRows) {
+          // A warp: one lane of 32 adjacent rows (its loads coalesce); TeamReduce<kTiledRows>
+          // finds lane l of the row at thread l * rows + row.
+          CHECK(s.lane == t / kWarpSize && s.row == group * kTileRows + t % kWarpSize, "%s: tile thread %d", n, t);
         } else {
           CHECK(s.lane == t && slot_of(p, group, 0).row == s.row, "%s: block row", n);
         }
@@ -193,7 +204,7 @@ static void simulate(const Case& k) {
         const uint64_t xrow = xbase + static_cast<uint64_t>(row_start(xi, s.row) * eb);
         const uint64_t grow = gbase + static_cast<uint64_t>(row_start(gi, s.row) * eb);
         CHECK(row_start(xi, s.row) == row_offset(xg, s.row), "%s", n);
-        const RowSpan span = row_span(xrow, C, xi.class_stride, eb);
+        const RowSpan span = split_span(row_span(xrow, C, xi.class_stride, eb), it.split, p.splits);
         const bool gvec = vector_compatible(span, xrow, grow, gi.class_stride);
         auto read = [&](int64_t c, uint64_t addr) {
           CHECK(c >= 0 && c < C, "%s: class %" PRId64, n, c);
@@ -234,7 +245,7 @@ static void simulate(const Case& k) {
           const int64_t i = g_index(addr);
           if (addr >= gbase && i < gext) zero_writes[i] += 1;
         };
-        const RowSpan zspan = row_span(grow, C, gi.class_stride, eb);
+        const RowSpan zspan = split_span(row_span(grow, C, gi.class_stride, eb), it.split, p.splits);
         for_each_unit(
             zspan, s.lane, p.team,
             [&](int64_t c) { zero(c, grow + static_cast<uint64_t>(c * gi.class_stride * eb)); },
@@ -247,12 +258,14 @@ static void simulate(const Case& k) {
     }
   }
   for (int64_t r = 0; r < N; ++r) {
-    CHECK(lanes_seen[r] == p.team, "%s: row %" PRId64 " seen by %d lanes, team %d", n, r, lanes_seen[r], p.team);
+    CHECK(lanes_seen[r] == p.team * p.splits, "%s: row %" PRId64 " seen by %d lanes, team %d", n, r, lanes_seen[r],
+          p.team);
     if (p.team <= 64) {
       const uint64_t full = p.team == 64 ? ~uint64_t(0) : (uint64_t(1) << p.team) - 1;
       CHECK(lane_mask[r] == full, "%s: row %" PRId64 " lanes", n, r);
     }
-    CHECK(row_writers[r] == 1, "%s: row %" PRId64 " outputs written %d times", n, r, row_writers[r]);
+    // Lane 0 writes the row's outputs, or (split rows) one partial state per split.
+    CHECK(row_writers[r] == p.splits, "%s: row %" PRId64 " outputs written %d times", n, r, row_writers[r]);
   }
   // Every element of the logits view read once (storage outside the view: never).
   std::vector<uint8_t> in_x(static_cast<size_t>(xext), 0), in_g(static_cast<size_t>(gext), 0);
@@ -267,6 +280,11 @@ static void simulate(const Case& k) {
     CHECK(writes[i] == in_g[i], "%s: grad element %" PRId64 " written %d times", n, i, writes[i]);
     CHECK(zero_writes[i] == in_g[i], "%s: grad element %" PRId64 " zeroed %d times", n, i, zero_writes[i]);
   }
+}
+
+static void simulate(const Case& k) {
+  simulate_plan(k, Split::kAllowed);
+  simulate_plan(k, Split::kNo);
 }
 
 static void test_launches() {
@@ -318,13 +336,113 @@ static void test_launches() {
       cases += 2;
     }
   }
-  CHECK(plan_for(make_row_indexer(geometry_of(contiguous({4, 7, 16, 21}))), 4).team == 1, "nchw: thread per row");
-  CHECK(plan_for(make_row_indexer(geometry_of(Layout{{8, 7}, {1, 8}})), 4).team > 1, "few strided rows: a team");
+  CHECK(plan_for(make_row_indexer(geometry_of(contiguous({4, 7, 16, 21}))), 4, Split::kAllowed).team == 1,
+        "nchw: thread per row");
+  CHECK(plan_for(make_row_indexer(geometry_of(Layout{{8, 7}, {1, 8}})), 4, Split::kAllowed).team > 1,
+        "few strided rows: a team");
+  CHECK(plan_for(make_row_indexer(geometry_of(contiguous({8, 32000, 128}))), 4, Split::kAllowed).mapping == kTiledRows,
+        "(B, V, T): tiles");
+  // (B, V, T) heads and transposed vocabularies: a strided class dim over adjacent rows, tiles of
+  // 32 rows (the last partial), classes split across blocks.
+  for (int eb : {2, 4, 8}) {
+    simulate({"bvt eb" + std::to_string(eb), eb, contiguous({3, 700, 45}), 1, contiguous({3, 700, 45}), 1});
+    simulate({"bvt one row eb" + std::to_string(eb), eb, contiguous({1, 3001, 1}), 0, contiguous({1, 3001, 1}), 0});
+    simulate({"x.t() eb" + std::to_string(eb), eb, Layout{{70, 5003}, {1, 70}}, 2, contiguous({70, 5003}), 3});
+    simulate({"few rows, long eb" + std::to_string(eb), eb, contiguous({2, 70001}), 1, contiguous({2, 70001}), 2});
+    cases += 4;
+  }
   // Enough rows for several row groups per block (grid loop), small and large C.
   simulate({"many rows small C", 2, contiguous({300000, 5}), 3, contiguous({300000, 5}), 3});
   simulate({"many rows C=1000", 2, contiguous({20000, 1000}), 1, contiguous({20000, 1000}), 0});
   cases += 2;
   std::printf("  %d simulated launches\n", cases);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2b. Filling the GPU (issue 19): every plan either launches kFillBlocks blocks (a few waves of a
+//     132-SM GPU: 8 resident blocks of 256 threads per SM, more waves at fewer) or has too few
+//     elements to need them, and no thread walks more than its share: 32 units, or twice what an
+//     even spread over kFillBlocks full blocks would give it (plus a vector row's head and tail).
+
+static int64_t lane_count(int64_t begin, int64_t end, int lane, int team) {
+  return end > begin + lane ? (end - begin - lane + team - 1) / team : 0;
+}
+
+static void check_fill(const char* name, const Layout& t, int eb, int64_t misalign) {
+  const RowGeometry g = geometry_of(t);
+  const RowIndexer ix = make_row_indexer(g);
+  const LaunchPlan p = plan_for(ix, eb, Split::kAllowed);
+  const int64_t units_per_row = ix.class_stride == 1 ? ceil_div(g.num_classes, kVectorBytes / eb) : g.num_classes;
+  const int64_t units = units_per_row * g.num_rows;
+  const int64_t blocks = p.items;  // before the kMaxGrid cap: blocks loop over items past it
+  if (units >= kFillBlocks * kThreads * 32) {
+    CHECK(blocks >= kFillBlocks, "%s: %" PRId64 " blocks for %" PRId64 " units (mapping %d, splits %" PRId64 ")", name,
+          blocks, units, p.mapping, p.splits);
+  }
+  // The row's units by split and lane (row 0; every row has the same span up to its phase).
+  const RowSpan whole = row_span(base_address(misalign, eb), g.num_classes, ix.class_stride, eb);
+  int64_t most = 0, total = 0;
+  for (int64_t sp = 0; sp < p.splits; ++sp) {
+    const RowSpan s = split_span(whole, sp, p.splits);
+    total += span_units(s);
+    if (sp > 0) {
+      const RowSpan prev = split_span(whole, sp - 1, p.splits);
+      CHECK(s.nvec == s.vec_begin ? s.head_begin == prev.head : s.vec_begin == prev.nvec, "%s: split %" PRId64
+            " does not start where split %" PRId64 " ends", name, sp, sp - 1);
+    }
+    for (int lane = 0; lane < p.team; ++lane) {
+      const int64_t n = lane_count(s.head_begin, s.head, lane, p.team) + lane_count(s.vec_begin, s.nvec, lane, p.team) +
+                        lane_count(s.tail_begin, s.num_classes, lane, p.team);
+      most = n > most ? n : most;
+    }
+  }
+  CHECK(total == span_units(whole), "%s: splits hold %" PRId64 " of %" PRId64 " units", name, total, span_units(whole));
+  const int64_t share = 2 * ceil_div(units, kFillBlocks * kThreads);
+  const int64_t bound = (share > 32 ? share : 32) + 2 * kVectorBytes;
+  CHECK(most <= bound, "%s: a thread walks %" PRId64 " units (bound %" PRId64 ", mapping %d, splits %" PRId64 ")", name,
+        most, bound, p.mapping, p.splits);
+}
+
+static void test_fill() {
+  const int64_t big_row = (int64_t(1) << 31) + 13;
+  // Contiguous (N, C): classifiers, LM heads, few long rows.
+  check_fill("4096x32000 f32", contiguous({4096, 32000}), 4, 0);
+  check_fill("4096x32000 bf16", contiguous({4096, 32000}), 2, 1);
+  check_fill("65536x1000 f32", contiguous({65536, 1000}), 4, 0);
+  check_fill("16384x2048 f32", contiguous({16384, 2048}), 4, 0);
+  check_fill("8192x2049 f32", contiguous({8192, 2049}), 4, 3);
+  check_fill("1024x1M f32", contiguous({1024, 1 << 20}), 4, 0);
+  check_fill("8x32000 f32", contiguous({8, 32000}), 4, 0);
+  check_fill("16x1M bf16", contiguous({16, 1 << 20}), 2, 5);
+  check_fill("one 2^31 row bf16", contiguous({1, big_row}), 2, 3);
+  check_fill("8M x 3", contiguous({int64_t(1) << 23, 3}), 4, 0);
+  // Strided class dims: (B, V, T) heads, x.t(), segmentation.
+  check_fill("(8, 32000, 128) f32", contiguous({8, 32000, 128}), 4, 0);
+  check_fill("(4, 50257, 512) bf16", contiguous({4, 50257, 512}), 2, 0);
+  check_fill("(50257, 1024).t() f32", Layout{{1024, 50257}, {1, 1024}}, 4, 0);
+  check_fill("(2, 128256, 64) bf16", contiguous({2, 128256, 64}), 2, 0);
+  check_fill("(8, 21, 512, 512) f32", contiguous({8, 21, 512, 512}), 4, 0);
+  check_fill("(2, 32, 256, 256) f32", contiguous({2, 32, 256, 256}), 4, 0);
+  check_fill("(2, 50, 256, 256) f32", contiguous({2, 50, 256, 256}), 4, 0);
+  check_fill("(2, 150, 512, 512) bf16", contiguous({2, 150, 512, 512}), 2, 0);
+  check_fill("(1, 1000, 8192) f32", contiguous({1, 1000, 8192}), 4, 0);
+  check_fill("(16, 19, 1024, 2048) channels_last", Layout{{16, 19, 1024, 2048}, {19 * 1024 * 2048, 1, 19 * 2048, 19}}, 4, 0);
+  check_fill("x[:, ::2] of (64, 2M)", Layout{{64, 1 << 20}, {int64_t(1) << 21, 2}}, 4, 0);
+  // Rows of 4-8 KB (float32 C <= 2048, bfloat16 C <= 4096) stay with a warp, with up to 16 vectors
+  // a lane, rather than a block with three barriers per row; longer rows get a block.
+  for (int eb : {2, 4}) {
+    const int64_t warp_max = kWarpSize * kTeamMaxUnitsPerLane * (kVectorBytes / eb);
+    const LaunchPlan warp = make_plan(4096, warp_max, 1, warp_max, eb, Split::kAllowed);
+    CHECK(warp.mapping == kTeamRows && warp.team == kWarpSize, "C=%" PRId64 ": a warp per row", warp_max);
+    CHECK(make_plan(4096, warp_max + 1, 1, warp_max + 1, eb, Split::kAllowed).mapping == kBlockRow,
+          "C=%" PRId64 ": a block per row", warp_max + 1);
+    CHECK(make_plan(4096, 1025, 1, 1025, eb, Split::kAllowed).mapping == kTeamRows, "C=1025: a warp per row");
+  }
+  // The named shapes' plans (issue 19): tiles and splits, not a thread walking a vocabulary.
+  const LaunchPlan bvt = plan_for(make_row_indexer(geometry_of(contiguous({8, 32000, 128}))), 4, Split::kAllowed);
+  CHECK(bvt.mapping == kTiledRows && bvt.groups == 32 && bvt.splits * bvt.groups >= kFillBlocks, "(8, 32000, 128): plan");
+  CHECK(plan_for(make_row_indexer(geometry_of(contiguous({8, 32000, 128}))), 4, Split::kNo).splits == 1,
+        "probability plans never split");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -337,7 +455,7 @@ static void test_huge() {
     const int64_t N = 600000, C = 4099;
     const RowGeometry g = geometry_of(contiguous({N, C}));
     const RowIndexer ix = make_row_indexer(g);
-    const LaunchPlan p = plan_for(ix, 4);
+    const LaunchPlan p = plan_for(ix, 4, Split::kAllowed);
     CHECK(p.mapping == kBlockRow && p.grid == N, "huge (a): plan");
     std::vector<uint8_t> owners(static_cast<size_t>(N), 0);
     for (int64_t b = 0; b < p.grid; ++b)
@@ -369,7 +487,7 @@ static void test_huge() {
   //     visited by lane (unit % team) in increasing order, and the visits add up to C.
   {
     const int64_t C = (int64_t(1) << 31) + 13;
-    const LaunchPlan p = make_plan(1, C, 1, 0, 2);
+    const LaunchPlan p = make_plan(1, C, 1, 0, 2, Split::kNo);
     CHECK(p.mapping == kBlockRow && p.grid == 1, "huge (b): plan");
     const uint64_t row_addr = base_address(3, 2);
     const RowSpan span = row_span(row_addr, C, 1, 2);
@@ -402,7 +520,7 @@ static void test_huge() {
     const int64_t N = 3000000001LL, C = 3;
     const RowGeometry g = geometry_of(Layout{{N, C}, {1, N}});
     const RowIndexer ix = make_row_indexer(g);
-    const LaunchPlan p = plan_for(ix, 2);
+    const LaunchPlan p = plan_for(ix, 2, Split::kAllowed);
     CHECK(p.mapping == kTeamRows && p.team == 1 && p.grid == kMaxGrid, "huge (c): plan");
     CHECK(p.groups * p.rows_per_block >= N && (p.groups - 1) * p.rows_per_block < N, "huge (c): groups");
     const int64_t last_group = p.groups - 1;
@@ -466,7 +584,7 @@ static void test_scan_math() {
       const int64_t bad = C > 3 ? C / 2 + 1 : -1;  // a NaN/inf logit, for check_finite
       std::vector<float> wf(w.begin(), w.end());
       const uint64_t addr = base_address(mis, 4);
-      const LaunchPlan p = make_plan(1, C, 1, 0, 4);
+      const LaunchPlan p = make_plan(1, C, 1, 0, 4, Split::kNo);
       const RowSpan span = row_span(addr, C, 1, 4);
       const ScanOptions o{true, true, true};
       for (bool with_bad : {false, true}) {
@@ -541,7 +659,7 @@ struct RowCase {
 static LaneState<float> team_scan(const std::vector<double>& x, const std::vector<double>* q, const float* w, int mis,
                                   const ScanOptions& o, float& ref, LaunchPlan& p, RowSpan& span) {
   const int64_t C = static_cast<int64_t>(x.size());
-  p = make_plan(1, C, 1, 0, 4);
+  p = make_plan(1, C, 1, 0, 4, Split::kNo);
   span = row_span(base_address(mis, 4), C, 1, 4);
   ref = C > 0 ? row_reference(static_cast<float>(x[0])) : 0.0f;
   const HostLoader load{x.data(), q ? q->data() : nullptr, 1};
@@ -806,6 +924,8 @@ int main() {
   test_row_start();
   std::printf("simulated launches\n");
   test_launches();
+  std::printf("filling the GPU\n");
+  test_fill();
   std::printf("N*C past 2^31\n");
   test_huge();
   std::printf("lane scans\n");

@@ -108,7 +108,8 @@ def ptxas_report():
     return report
 
 
-KERNELS = ("forward_kernel", "index_backward_kernel", "prob_backward_kernel", "finalize_kernel", "weight_sum_kernel")
+KERNELS = ("forward_kernel", "split_finish_kernel", "index_backward_kernel", "prob_backward_kernel", "finalize_kernel",
+           "weight_sum_kernel")
 
 
 def short_name(mangled):
@@ -121,7 +122,7 @@ def short_name(mangled):
         return mangled
     args = m.group(1)
     dtype = next((v for k, v in DTYPES.items() if args.startswith(k)), "")
-    parts = [dtype] + [v for k, v in {"Li0E": "team", "Li1E": "block-row"}.items() if k in args]
+    parts = [dtype] + [v for k, v in {"Li0E": "team", "Li1E": "block-row", "Li2E": "tiled"}.items() if k in args]
     if "Lb1E" in args:
         parts.append("probs")
     elif "Lb0E" in args:

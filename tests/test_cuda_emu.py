@@ -52,7 +52,7 @@ def test_parity_class_index(shape, dtype, lay, option, reduction):
     compare(x, t, w, dict(o["kwargs"], reduction=reduction), seed)
 
 
-PROB_SHAPES = ["tiny", "c33", "c1023", "c4097", "c32771", "nchw"]
+PROB_SHAPES = ["tiny", "c33", "c1023", "c4097", "c32771", "nchw", "bvt"]
 
 
 @pytest.mark.parametrize("shape", PROB_SHAPES[:3] if REDUCED else PROB_SHAPES)
@@ -376,9 +376,11 @@ def test_empty_batch_and_zero_classes():
         torch.testing.assert_close(ours, ref, equal_nan=True)
 
 
-KERNELS = ["forward_kernel<T, kTeamRows, kProb>", "forward_kernel<T, kBlockRow, kProb>", "index_backward_kernel<T>",
-           "prob_backward_kernel<T, kTeamRows>", "prob_backward_kernel<T, kBlockRow>", "weight_sum_kernel<float>",
-           "weight_sum_kernel<double>", "finalize_kernel<T>", "publish_status_kernel"]
+KERNELS = ["forward_kernel<T, kTeamRows, kProb>", "forward_kernel<T, kBlockRow, kProb>",
+           "forward_kernel<T, kTiledRows, kProb>", "split_finish_kernel<T>", "index_backward_kernel<T>",
+           "prob_backward_kernel<T, kTeamRows>", "prob_backward_kernel<T, kBlockRow>",
+           "prob_backward_kernel<T, kTiledRows>", "weight_sum_kernel<float>", "weight_sum_kernel<double>",
+           "finalize_kernel<T>", "publish_status_kernel"]
 
 
 def test_zz_every_kernel_was_launched():

@@ -15,9 +15,11 @@
 namespace validated_loss::cuda {
 namespace {
 
+// Split `split` of `splits` of the row (its own span: the gradient row may have another phase).
 template <typename T>
-__device__ __forceinline__ void zero_row(T* row, int64_t num_classes, int64_t stride, int lane, int team) {
-  const RowSpan span = row_span(address_of(row), num_classes, stride, sizeof(T));
+__device__ __forceinline__ void zero_row(T* row, int64_t num_classes, int64_t stride, int lane, int team,
+                                         int64_t split, int64_t splits) {
+  const RowSpan span = split_span(row_span(address_of(row), num_classes, stride, sizeof(T)), split, splits);
   const T zero = from_acc<T>(acc_of<T>(0));
   Pack<T> zeros;
 #pragma unroll
@@ -26,7 +28,8 @@ __device__ __forceinline__ void zero_row(T* row, int64_t num_classes, int64_t st
       span, lane, team, [&](int64_t c) { row[c * stride] = zero; }, [&](int64_t c0) { store_pack(row + c0, zeros); });
 }
 
-// No reduction across lanes: one kernel serves both mappings (the plan's team size decides).
+// No reduction across lanes: one kernel serves every mapping and split (slot_of and split_span
+// decide what each thread writes).
 template <typename T>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     index_backward_kernel(const __grid_constant__ IndexBackward a, const __grid_constant__ LaunchPlan plan) {
@@ -43,17 +46,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   const acc_t shared_scale = uniform_scale<acc_t>(a.scale, a.reduction);
   const acc_t* lse_grad = static_cast<const acc_t*>(a.lse_grad);
 
-  for (int64_t group = blockIdx.x; group < plan.groups; group += plan.grid) {
-    const Slot s = slot_of(plan, group, static_cast<int>(threadIdx.x));
+  for (int64_t item = blockIdx.x; item < plan.items; item += plan.grid) {
+    const Item it = item_of(plan, item);
+    const Slot s = slot_of(plan, it.group, static_cast<int>(threadIdx.x));
     if (s.row >= plan.num_rows) continue;
     T* g_row = grad + row_start(a.grad.ix, s.row);
     const int64_t y = read_target(a.t, s.row);
     if (classify_target(y, C, a.t.ignore_index) != kTargetValid) {
-      zero_row(g_row, C, g_stride, s.lane, plan.team);
+      zero_row(g_row, C, g_stride, s.lane, plan.team, it.split, plan.splits);
       continue;
     }
     const T* row = x + row_start(a.x.ix, s.row);
-    const RowSpan span = row_span(address_of(row), C, x_stride, sizeof(T));
+    const RowSpan span = split_span(row_span(address_of(row), C, x_stride, sizeof(T)), it.split, plan.splits);
     const bool g_vec = vector_compatible(span, address_of(row), address_of(g_row), g_stride);
     const IndexGradRow<acc_t> g = index_grad_row(k, w, y, row_scale<acc_t>(a.scale, shared_scale, s.row),
                                                     load_row_lse(lse, s.row), lse_grad ? lse_grad[s.row] : acc_t(0));
@@ -70,8 +74,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   }
 }
 
-// Probability targets: the row's S = sum_c w_c q_c first (a reduction over the team), then the
-// gradient pass; d loss / d q as well when asked.
+// Probability targets: the row's S = sum_c w_c q_c first (a one-value reduction over the team),
+// then the gradient pass; d loss / d q as well when asked. Never split (S needs the whole row).
 template <typename T, int kMapping>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     prob_backward_kernel(const __grid_constant__ ProbBackward a, const __grid_constant__ LaunchPlan plan) {
@@ -98,9 +102,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     const bool in_range = s.row < plan.num_rows;
     const T* q_row = q + (in_range ? row_start(a.q.ix, s.row) : 0);
     // Pass 1 over q: sum_c w_c q_c.
-    LaneState<acc_t> st = lane_empty<acc_t>();
+    acc_t swq = acc_t(0);
     const RowSpan q_span = row_span(address_of(q_row), in_range ? C : 0, q_stride, sizeof(T));
-    auto add_q = [&](int64_t c, acc_t qc) { st.sums.swq += prob_swq_element(w, c, qc); };
+    auto add_q = [&](int64_t c, acc_t qc) { swq += prob_swq_element(w, c, qc); };
     for_each_unit(
         q_span, s.lane, plan.team, [&](int64_t c) { add_q(c, to_acc(q_row[c * q_stride])); },
         [&](int64_t c0) {
@@ -108,11 +112,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
 #pragma unroll
           for (int j = 0; j < V; ++j) add_q(c0 + j, to_acc(qp.v[j]));
         });
-    st = Team::all(st, plan.team, team_storage);
+    swq = Team::sum(swq, plan.team, team_storage);
     if (!in_range) continue;
 
     // Pass 2: the gradients.
-    const ProbGradRow<acc_t> g{k, w, prob_row_mass(k, st.sums.swq), row_scale<acc_t>(a.scale, shared_scale, s.row),
+    const ProbGradRow<acc_t> g{k, w, prob_row_mass(k, swq), row_scale<acc_t>(a.scale, shared_scale, s.row),
                                load_row_lse(lse, s.row)};
     const T* row = x + row_start(a.x.ix, s.row);
     T* g_row = grad + row_start(a.grad.ix, s.row);
@@ -151,7 +155,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
 }  // namespace
 
 cudaError_t index_backward_launch(const IndexBackward& a, cudaStream_t stream) {
-  const LaunchPlan plan = plan_for(a.x.ix, elem_bytes(a.dtype));
+  const LaunchPlan plan = plan_for(a.x.ix, elem_bytes(a.dtype), Split::kAllowed);
   if (plan.grid == 0) return cudaSuccess;
   return dispatch_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
@@ -161,15 +165,20 @@ cudaError_t index_backward_launch(const IndexBackward& a, cudaStream_t stream) {
 }
 
 cudaError_t prob_backward_launch(const ProbBackward& a, cudaStream_t stream) {
-  const LaunchPlan plan = plan_for(a.x.ix, elem_bytes(a.dtype));
+  const LaunchPlan plan = plan_for(a.x.ix, elem_bytes(a.dtype), Split::kNo);
   if (plan.grid == 0) return cudaSuccess;
   return dispatch_dtype(a.dtype, [&](auto tag) {
     using T = decltype(tag);
     const dim3 grid(static_cast<unsigned>(plan.grid));
-    if (plan.mapping == kBlockRow) {
-      VL_LAUNCH(grid, kThreads, 0, stream, prob_backward_kernel<T, kBlockRow>)(a, plan);
-    } else {
-      VL_LAUNCH(grid, kThreads, 0, stream, prob_backward_kernel<T, kTeamRows>)(a, plan);
+    switch (plan.mapping) {
+      case kBlockRow:
+        VL_LAUNCH(grid, kThreads, 0, stream, prob_backward_kernel<T, kBlockRow>)(a, plan);
+        break;
+      case kTiledRows:
+        VL_LAUNCH(grid, kThreads, 0, stream, prob_backward_kernel<T, kTiledRows>)(a, plan);
+        break;
+      default:
+        VL_LAUNCH(grid, kThreads, 0, stream, prob_backward_kernel<T, kTeamRows>)(a, plan);
     }
     return cudaGetLastError();
   });

@@ -144,7 +144,7 @@ IndexForwardOut index_forward(const Tensor& logits, const Tensor& target, const 
   o.total_weight = at::empty({}, logits.options().dtype(acc));
   o.status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
   const DType dtype = dtype_of(logits.scalar_type());
-  const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix)}, logits.options().dtype(at::kByte));
+  const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix, /*prob=*/false)}, logits.options().dtype(at::kByte));
   IndexForward a{};
   a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, o.loss, o.lse, workspace,
                      o.total_weight, o.status, z_scale, softcap);
@@ -293,7 +293,7 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& log
                                                   : at::empty({}, loss_options);
   const Tensor status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
   const DType dtype = dtype_of(logits.scalar_type());
-  const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix)}, logits.options().dtype(at::kByte));
+  const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix, /*prob=*/true)}, logits.options().dtype(at::kByte));
   ProbForward a{};
   a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, loss, lse, workspace, Tensor(), status);
   a.q = view_of(target);

@@ -46,7 +46,7 @@ struct ForwardArgs {
   bool loss_acc;             // loss_rows / loss_out hold acc values (acc_loss; the fused op's 'sum'), else T
   void* loss_rows;           // 'none': T (acc when loss_acc) per row (flat row order); else nullptr
   void* lse;                 // acc[rows][2]: {max, log_sum} per row (store_row_lse)
-  void* workspace;           // forward_workspace_bytes()
+  void* workspace;           // forward_workspace_bytes() (uninitialized)
   void* loss_out;            // 'mean'/'sum': 0-dim T (acc when loss_acc); else nullptr
   void* total_weight_out;    // 0-dim acc, or nullptr
   int64_t* status;           // int64[kStatusSize]
@@ -109,8 +109,9 @@ struct ProbBackward {
   MutableView grad_target;   // d loss / d q, or data == nullptr
 };
 
-// Bytes of device workspace a forward over `x` needs (per-block partial totals).
-int64_t forward_workspace_bytes(DType dtype, const RowIndexer& x);
+// Bytes of device workspace a forward over `x` needs (per-block partial totals; for rows split
+// across blocks, their partial states too). prob: probability targets.
+int64_t forward_workspace_bytes(DType dtype, const RowIndexer& x, bool prob);
 
 // out[0] = sum of the C acc values of w (one block, deterministic).
 cudaError_t weight_sum_launch(DType dtype, const void* w, int64_t num_classes, void* out, cudaStream_t stream);

@@ -8,6 +8,7 @@
 #include "dtypes.cuh"
 #include "kernel_api.h"
 #include "launch_plan.h"
+#include "row_scan.h"
 
 namespace validated_loss::cuda {
 
@@ -55,6 +56,20 @@ struct RowLoader {
     }
   }
 };
+
+// The forward's workspace: BlockTotals for whichever kernel finishes the rows (the forward, or
+// split_finish_kernel), then, for split rows, one lane state per (split, row), split-major.
+XENT_HD int64_t split_partials_offset(const LaunchPlan& plan) {
+  const int64_t finish_grid = row_plan(plan.num_rows).grid;
+  const int64_t blocks = plan.grid > finish_grid ? plan.grid : finish_grid;
+  return ceil_div((blocks > 0 ? blocks : 1) * static_cast<int64_t>(sizeof(BlockTotals)), 16) * 16;
+}
+
+template <typename acc_t>
+__device__ __forceinline__ LaneState<acc_t>* split_partials(void* workspace, const LaunchPlan& plan) {
+  if (plan.splits == 1) return nullptr;
+  return reinterpret_cast<LaneState<acc_t>*>(static_cast<char*>(workspace) + split_partials_offset(plan));
+}
 
 __device__ __forceinline__ int64_t read_target(const IndexTargetArgs& t, int64_t row) {
   return t.is_byte ? static_cast<int64_t>(static_cast<const uint8_t*>(t.data)[row])

@@ -4,17 +4,26 @@
 // functions, so tests/cuda_plan_test.cpp (g++, no GPU) can run them for every thread of a launch
 // and prove that each element is read once and written once.
 //
-// Two mappings of rows to blocks, chosen by the number of "units" a row takes (a unit is one
+// Three mappings of rows to blocks, chosen by the number of "units" a row takes (a unit is one
 // 16-byte vector of a row read at class stride 1, or one element of a row read at another stride):
-//   kTeamRows  a team of `team` lanes (a power of two, at most a warp) per row, 256 / team rows per
-//              block. Small class counts (up to ~1k-2k); team == 1 is "one thread per row", used
-//              when the class dim is strided, rows lie closer together than classes and there are
-//              at least kThreadPerRowMinRows rows (e.g. (N, C, H, W) logits: neighbouring threads
-//              then read neighbouring addresses).
-//   kBlockRow  one block of kThreads per row (CUB BlockReduce across the block), large vocabularies.
-// Blocks loop over row groups (group = block, block + grid, ...) with a grid capped at kMaxGrid, a
-// constant: the partial sums a launch produces, and so its result, never depend on the GPU.
-//
+//   kTeamRows   a team of `team` lanes (a power of two, at most a warp) per row, 256 / team rows per
+//               block, up to kTeamMaxUnitsPerLane units a lane (C <= 2048 float32, 4096 bfloat16).
+//               team == 1 is "one thread per row": a strided class dim of at most
+//               kThreadPerRowMaxClasses classes whose rows lie closer together than its classes,
+//               with at least kThreadPerRowMinRows rows ((N, C, H, W) segmentation logits:
+//               neighbouring threads read neighbouring addresses).
+//   kBlockRow   one block of kThreads per row (CUB BlockReduce across the block), large vocabularies.
+//   kTiledRows  a strided class dim with more classes, rows closer together than classes
+//               ((B, V, T) logits of a Conv1d head, x.t()): a block is a tile of kTileRows adjacent
+//               rows, each warp's 32 lanes on the tile's 32 rows (coalesced reads), the block's 8
+//               warps splitting the class range; lanes of a row merge in shared memory.
+// A row may also be split into `splits` class ranges taken by different blocks (kBlockRow and
+// kTiledRows, where the plan allows it): when rows alone would not give kFillBlocks blocks, the
+// class range gives the rest. Forward partial states then meet in a workspace and a finish kernel
+// combines them in split order; the backward needs no merge. Work items (row group, split) are
+// numbered group * splits + split; blocks loop over items (item = block, block + grid, ...) with a
+// grid capped at kMaxGrid. Every constant here is independent of the GPU: the partial sums a
+// launch produces, and so its result, never depend on the device.
 // A row read at class stride 1 is split into a scalar prologue up to the first 16-byte boundary,
 // whole 16-byte vectors, and a scalar tail; lane l takes prologue elements l, l+team, ..., vectors
 // l, l+team, ... and tail elements l, l+team, ... (consecutive lanes read consecutive vectors).
@@ -47,10 +56,21 @@ constexpr int kWarpSize = 32;
 constexpr int kVectorBytes = 16;
 constexpr int64_t kMaxGrid = int64_t(1) << 20;       // blocks per launch, at most
 constexpr int64_t kUnitsPerLane = 4;                 // team mapping: aim for this many units a lane
-constexpr int64_t kBlockRowMinUnits = kWarpSize * 8; // above this many units a row gets a block
+constexpr int64_t kTeamMaxUnitsPerLane = 16;         // a warp per row takes up to 16 units a lane
+constexpr int64_t kBlockRowMinUnits = kWarpSize * kTeamMaxUnitsPerLane;  // above: a block per row
 constexpr int64_t kThreadPerRowMinRows = 1024;       // strided classes: a thread per row from here
+constexpr int64_t kThreadPerRowMaxClasses = 32;      // ... for at most this many classes
+constexpr int kTileRows = 32;                        // kTiledRows: adjacent rows per block (a warp)
+constexpr int64_t kFillBlocks = 1024;                // blocks that fill a 132-SM GPU several times
+                                                     // (8 resident blocks of 256 threads per SM)
+constexpr int64_t kSplitMinUnitsPerLane = 8;         // a split gives each lane at least this many
 
-enum Mapping : int { kTeamRows = 0, kBlockRow = 1 };
+enum Mapping : int { kTeamRows = 0, kBlockRow = 1, kTiledRows = 2 };
+
+// Whether a launch may split rows' class ranges across blocks: the index forward (its finish
+// kernel merges) and the index backward (nothing to merge) do; the probability kernels, which
+// need whole-row sums between passes, do not.
+enum class Split : int { kNo = 0, kAllowed = 1 };
 
 XENT_HD int vector_elems(int elem_bytes) {
   return kVectorBytes / elem_bytes;
@@ -140,16 +160,29 @@ XENT_HD int64_t inner_row_stride(const RowIndexer& ix) {
 struct LaunchPlan {
   Mapping mapping;
   int threads;         // per block (kThreads)
-  int team;            // lanes per row: a power of two <= 32 (kTeamRows), or `threads` (kBlockRow)
+  int team;            // lanes per row: a power of two <= 32 (kTeamRows), `threads` (kBlockRow),
+                       // threads / kTileRows (kTiledRows)
   int rows_per_block;  // threads / team
   int64_t num_rows;
   int64_t groups;      // row groups of rows_per_block rows
-  int64_t grid;        // blocks launched: min(groups, kMaxGrid); 0 when there are no rows
+  int64_t splits;      // class ranges per row, each its own work item (1: whole rows)
+  int64_t items;       // groups * splits
+  int64_t grid;        // blocks launched: min(items, kMaxGrid); 0 when there are no rows
 };
+
+// How many class ranges a row of `units` units is split into when `groups` row groups of `team`
+// lanes each would launch too few blocks.
+XENT_HD int64_t split_count(int64_t groups, int64_t units, int team) {
+  if (groups <= 0 || groups >= kFillBlocks) return 1;
+  const int64_t wanted = ceil_div(kFillBlocks, groups);
+  const int64_t most = units / (kSplitMinUnitsPerLane * team);
+  const int64_t n = wanted < most ? wanted : most;
+  return n > 1 ? n : 1;
+}
 
 // inner_row_stride: stride (elements) of the innermost row dimension after coalescing.
 XENT_HD LaunchPlan make_plan(int64_t num_rows, int64_t num_classes, int64_t class_stride, int64_t inner_row_stride,
-                             int elem_bytes) {
+                             int elem_bytes, Split split) {
   LaunchPlan p{};
   p.threads = kThreads;
   p.num_rows = num_rows;
@@ -157,9 +190,14 @@ XENT_HD LaunchPlan make_plan(int64_t num_rows, int64_t num_classes, int64_t clas
   const int64_t units = vectorized ? ceil_div(num_classes, vector_elems(elem_bytes)) : num_classes;
   const int64_t abs_inner = inner_row_stride < 0 ? -inner_row_stride : inner_row_stride;
   const int64_t abs_class = class_stride < 0 ? -class_stride : class_stride;
-  if (!vectorized && num_rows >= kThreadPerRowMinRows && abs_inner < abs_class) {
-    // Rows closer together than classes: a thread per row keeps a warp's reads adjacent (with
-    // enough rows to fill a few blocks; fewer rows share out their classes instead).
+  const bool rows_adjacent = !vectorized && abs_inner < abs_class;
+  if (rows_adjacent && num_classes > kThreadPerRowMaxClasses) {
+    // Rows closer together than classes, many classes: a warp reads 32 neighbouring rows at once.
+    p.mapping = kTiledRows;
+    p.team = kThreads / kTileRows;
+  } else if (rows_adjacent && num_rows >= kThreadPerRowMinRows) {
+    // Few classes: a thread per row keeps a warp's reads adjacent (with enough rows to fill a few
+    // blocks; fewer rows share out their classes instead).
     p.mapping = kTeamRows;
     p.team = 1;
   } else if (units > kBlockRowMinUnits) {
@@ -172,12 +210,35 @@ XENT_HD LaunchPlan make_plan(int64_t num_rows, int64_t num_classes, int64_t clas
   }
   p.rows_per_block = p.threads / p.team;
   p.groups = ceil_div(num_rows, p.rows_per_block);
-  p.grid = p.groups < kMaxGrid ? p.groups : kMaxGrid;
+  p.splits = (split == Split::kAllowed && p.mapping != kTeamRows) ? split_count(p.groups, units, p.team) : 1;
+  p.items = p.groups * p.splits;
+  p.grid = p.items < kMaxGrid ? p.items : kMaxGrid;
   return p;
 }
 
-XENT_HD LaunchPlan plan_for(const RowIndexer& ix, int elem_bytes) {
-  return make_plan(ix.num_rows, ix.num_classes, ix.class_stride, inner_row_stride(ix), elem_bytes);
+XENT_HD LaunchPlan plan_for(const RowIndexer& ix, int elem_bytes, Split split) {
+  return make_plan(ix.num_rows, ix.num_classes, ix.class_stride, inner_row_stride(ix), elem_bytes, split);
+}
+
+// The forward's plan: class-index targets may split rows, probability targets never do (their
+// loss needs whole-row sums, and some rows a second pass).
+XENT_HD LaunchPlan forward_plan(const RowIndexer& ix, int elem_bytes, bool prob) {
+  return plan_for(ix, elem_bytes, prob ? Split::kNo : Split::kAllowed);
+}
+
+// A thread per row, rows in order: the split forward's finish kernel.
+XENT_HD LaunchPlan row_plan(int64_t num_rows) {
+  LaunchPlan p{};
+  p.mapping = kTeamRows;
+  p.threads = kThreads;
+  p.team = 1;
+  p.rows_per_block = kThreads;
+  p.num_rows = num_rows;
+  p.groups = ceil_div(num_rows, kThreads);
+  p.splits = 1;
+  p.items = p.groups;
+  p.grid = p.items < kMaxGrid ? p.items : kMaxGrid;
+  return p;
 }
 
 // The row and lane of thread `thread` while its block works on row group `group`. The row may be
@@ -189,15 +250,33 @@ struct Slot {
 };
 
 XENT_HD Slot slot_of(const LaunchPlan& p, int64_t group, int thread) {
+  if (p.mapping == kTiledRows) {
+    // Thread t of a tile: row t % rows_per_block (a warp spans the tile's rows), lane t / rows.
+    return {group * p.rows_per_block + thread % p.rows_per_block, thread / p.rows_per_block};
+  }
   return {group * p.rows_per_block + thread / p.team, thread % p.team};
 }
 
-// How the lanes of a team split one row.
+// Work item -> (row group, split).
+struct Item {
+  int64_t group;
+  int64_t split;
+};
+
+XENT_HD Item item_of(const LaunchPlan& p, int64_t item) {
+  if (p.splits == 1) return {item, 0};
+  return {item / p.splits, item % p.splits};
+}
+
+// How the lanes of a team split one row (or one split's class range of it).
 struct RowSpan {
-  int64_t num_classes;
-  int64_t head;        // classes [0, head): scalar, at the class stride
-  int64_t nvec;        // then nvec 16-byte vectors of `vec` classes each
-  int64_t tail_begin;  // head + nvec * vec; classes [tail_begin, num_classes): scalar
+  int64_t num_classes; // end of the tail
+  int64_t head_begin;  // classes [head_begin, head): scalar, at the class stride
+  int64_t head;
+  int64_t vec_begin;   // then vectors vec_begin .. nvec - 1 of `vec` classes each, vector v at
+  int64_t nvec;        //   class base + v * vec
+  int64_t base;        // class of vector 0 (the whole row's head length)
+  int64_t tail_begin;  // classes [tail_begin, num_classes): scalar
   int vec;             // classes per vector
 };
 
@@ -211,16 +290,42 @@ XENT_HD RowSpan row_span(uint64_t row_address, int64_t num_classes, int64_t clas
   const uint64_t misalign = row_address % kVectorBytes;
   if (class_stride != 1 || misalign % elem_bytes != 0) {
     s.head = num_classes;
-    s.nvec = 0;
+    s.base = num_classes;
     s.tail_begin = num_classes;
     return s;
   }
   int64_t head = misalign == 0 ? 0 : int64_t((kVectorBytes - misalign) / elem_bytes);
   if (head > num_classes) head = num_classes;
   s.head = head;
+  s.base = head;
   s.nvec = (num_classes - head) / s.vec;
   s.tail_begin = head + s.nvec * s.vec;
   return s;
+}
+
+// Split `split` of `splits` of a row's span: a scalar row's classes, or a vector row's vectors
+// (the head goes with split 0, the tail with the last), in contiguous even ranges.
+XENT_HD RowSpan split_span(RowSpan s, int64_t split, int64_t splits) {
+  if (splits == 1) return s;
+  if (s.nvec == s.vec_begin) {  // no vectors: the classes [head_begin, num_classes) are contiguous
+    const int64_t b = s.head_begin, n = s.num_classes - b;
+    s.head_begin = b + n * split / splits;
+    s.head = b + n * (split + 1) / splits;
+    s.tail_begin = s.num_classes = s.head;
+    return s;
+  }
+  const int64_t n = s.nvec - s.vec_begin;
+  if (split > 0) s.head = s.head_begin;                  // the head belongs to split 0
+  if (split + 1 < splits) s.num_classes = s.tail_begin;  // the tail to the last
+  const int64_t first = s.vec_begin;
+  s.vec_begin = first + n * split / splits;
+  s.nvec = first + n * (split + 1) / splits;
+  return s;
+}
+
+// Units (vectors or scalars) the span holds.
+XENT_HD int64_t span_units(const RowSpan& s) {
+  return (s.head - s.head_begin) + (s.nvec - s.vec_begin) + (s.num_classes - s.tail_begin);
 }
 
 // Whether another tensor's row (gradient, probability target) can be accessed with the same
@@ -228,7 +333,7 @@ XENT_HD RowSpan row_span(uint64_t row_address, int64_t num_classes, int64_t clas
 // Otherwise each vector's elements are accessed one by one (same classes, same lane).
 XENT_HD bool vector_compatible(const RowSpan& s, uint64_t span_row_address, uint64_t other_row_address,
                                int64_t other_class_stride) {
-  return s.nvec > 0 && other_class_stride == 1 &&
+  return s.nvec > s.vec_begin && other_class_stride == 1 &&
          span_row_address % kVectorBytes == other_row_address % kVectorBytes;
 }
 
@@ -237,9 +342,9 @@ XENT_HD bool vector_compatible(const RowSpan& s, uint64_t span_row_address, uint
 VL_EXEC_CHECK_DISABLE
 template <typename ScalarFn, typename VectorFn>
 XENT_HD void for_each_unit(const RowSpan& s, int lane, int team, ScalarFn&& scalar, VectorFn&& vector) {
-  for (int64_t c = lane; c < s.head; c += team) scalar(c);
+  for (int64_t c = s.head_begin + lane; c < s.head; c += team) scalar(c);
   VL_UNROLL_2
-  for (int64_t v = lane; v < s.nvec; v += team) vector(s.head + v * s.vec);
+  for (int64_t v = s.vec_begin + lane; v < s.nvec; v += team) vector(s.base + v * s.vec);
   for (int64_t c = s.tail_begin + lane; c < s.num_classes; c += team) scalar(c);
 }
 

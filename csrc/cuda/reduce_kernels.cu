@@ -68,11 +68,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
 
 }  // namespace
 
-int64_t forward_workspace_bytes(DType dtype, const RowIndexer& x) {
-  const LaunchPlan plan = plan_for(x, elem_bytes(dtype));
-  return (plan.grid > 0 ? plan.grid : 1) * static_cast<int64_t>(sizeof(BlockTotals));
-}
-
 cudaError_t weight_sum_launch(DType dtype, const void* w, int64_t num_classes, void* out, cudaStream_t stream) {
   if (dtype == DType::kDouble) {
     VL_LAUNCH(1, kThreads, 0, stream, weight_sum_kernel<double>)(static_cast<const double*>(w), num_classes,

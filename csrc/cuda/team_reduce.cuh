@@ -1,5 +1,7 @@
 // Combining the lanes of a row's team (launch_plan.h): warp shuffles for a team of <= 32 lanes,
-// CUB BlockReduce for a block per row. Every thread of the block calls these, uniformly (rows past
+// CUB BlockReduce for a block per row, shared memory for a tile's warps (kTiledRows). `all`
+// combines whole lane states (the forward); `sum` one value (the probability backward's
+// sum_c w_c q_c), so it moves one register instead of six. Every thread of the block calls these, uniformly (rows past
 // the end take part with empty states), and every thread gets the row's combined state. The order
 // of combination is fixed, so results are reproducible.
 #pragma once
@@ -53,14 +55,27 @@ struct TeamReduce<acc_t, kTeamRows> {
     }
     return st;
   }
+  __device__ __forceinline__ static acc_t sum(acc_t v, int team, Storage&) {
+    const int lane = threadIdx.x % kWarpSize;
+    for (int offset = team / 2; offset > 0; offset /= 2) {
+      const acc_t other = __shfl_xor_sync(0xffffffffu, v, offset);
+      v = (lane & offset) ? other + v : v + other;
+    }
+    return v;
+  }
 };
 
 template <typename acc_t>
 struct TeamReduce<acc_t, kBlockRow> {
   using Reduce = cub::BlockReduce<LaneState<acc_t>, kThreads>;
+  using SumReduce = cub::BlockReduce<acc_t, kThreads>;
   struct Storage {
-    typename Reduce::TempStorage temp;
+    union {
+      typename Reduce::TempStorage temp;
+      typename SumReduce::TempStorage sum_temp;
+    };
     LaneState<acc_t> result;
+    acc_t sum_result;
   };
   __device__ __forceinline__ static LaneState<acc_t> all(LaneState<acc_t> st, int /*team*/, Storage& s) {
     const LaneState<acc_t> r = Reduce(s.temp).Reduce(st, CombineLanes());
@@ -69,6 +84,45 @@ struct TeamReduce<acc_t, kBlockRow> {
     st = s.result;
     __syncthreads();  // all have read before the storage is used again
     return st;
+  }
+  __device__ __forceinline__ static acc_t sum(acc_t v, int /*team*/, Storage& s) {
+    const acc_t r = SumReduce(s.sum_temp).Sum(v);
+    if (threadIdx.x == 0) s.sum_result = r;
+    __syncthreads();
+    v = s.sum_result;
+    __syncthreads();
+    return v;
+  }
+};
+
+// A tile: thread t holds lane t / rows of row t % rows (launch_plan.h's slot_of). Each thread
+// publishes its state, then folds its row's lanes in lane order (every thread of a row gets the
+// same bits; the fold is `team` = 8 steps, cheaper than a second round of barriers).
+template <typename acc_t>
+struct TeamReduce<acc_t, kTiledRows> {
+  union Storage {
+    LaneState<acc_t> states[kThreads];
+    acc_t values[kThreads];
+  };
+  __device__ __forceinline__ static LaneState<acc_t> all(LaneState<acc_t> st, int team, Storage& s) {
+    const int rows = kThreads / team;
+    const int row = static_cast<int>(threadIdx.x) % rows;
+    s.states[threadIdx.x] = st;
+    __syncthreads();
+    st = s.states[row];
+    for (int lane = 1; lane < team; ++lane) st = lane_combine(st, s.states[lane * rows + row]);
+    __syncthreads();
+    return st;
+  }
+  __device__ __forceinline__ static acc_t sum(acc_t v, int team, Storage& s) {
+    const int rows = kThreads / team;
+    const int row = static_cast<int>(threadIdx.x) % rows;
+    s.values[threadIdx.x] = v;
+    __syncthreads();
+    v = s.values[row];
+    for (int lane = 1; lane < team; ++lane) v += s.values[lane * rows + row];
+    __syncthreads();
+    return v;
   }
 };
 
