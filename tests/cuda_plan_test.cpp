@@ -747,7 +747,7 @@ static void test_index_rows() {
           // Gradient, every lane, against d loss / d x_c = (scale * (share w_y (p_c - [c == y])
           //     + eps/C (sum_w p_c - w_c) + 2 z lse p_c) + lse_grad p_c) * (1 - (capped_c / cap)^2).
           const float scale = 0.37f;
-          const IndexGradRow<float> g = index_grad_row(k, w, y, scale, out.lse, lc.lse_grad);
+          const auto g = index_grad_row(k, w, y, scale, out.lse, lc.lse_grad);
           std::vector<double> grad(C, NAN);
           std::vector<int> written(C, 0);
           for (int l = 0; l < p.team; ++l)
@@ -827,7 +827,7 @@ static void test_prob_rows() {
       float swq = 0;
       for (int64_t c = 0; c < C; ++c) swq += prob_swq_element(w, c, static_cast<float>(q[c]));
       const float scale = -1.3f;
-      const ProbGradRow<float> g{k, w, prob_row_mass(k, swq), scale, out.lse};
+      const ProbGradRow<float, const float*> g{k, w, prob_row_mass(k, swq), scale, out.lse};
       std::vector<int> written(C, 0);
       for (int l = 0; l < p.team; ++l) {
         auto check = [&](int64_t c) {

@@ -40,7 +40,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   const int64_t g_stride = a.grad.ix.class_stride;
   const T* x = static_cast<const T*>(a.x.data);
   T* grad = static_cast<T*>(a.grad.data);
-  const acc_t* w = static_cast<const acc_t*>(a.weight);
+  const ClassWeights<T> w = class_weights<T>(a.weight, a.weight_narrow);
   const acc_t* lse = static_cast<const acc_t*>(a.lse);
   const LossConstants<acc_t> k = loss_constants<acc_t>(a.weight_sum, a.label_smoothing, C, a.z_scale, a.softcap);
   const acc_t shared_scale = uniform_scale<acc_t>(a.scale, a.reduction);
@@ -59,7 +59,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     const T* row = x + row_start(a.x.ix, s.row);
     const RowSpan span = split_span(row_span(address_of(row), C, x_stride, sizeof(T)), it.split, plan.splits);
     const bool g_vec = vector_compatible(span, address_of(row), address_of(g_row), g_stride);
-    const IndexGradRow<acc_t> g = index_grad_row(k, w, y, row_scale<acc_t>(a.scale, shared_scale, s.row),
+    const auto g = index_grad_row(k, w, y, row_scale<acc_t>(a.scale, shared_scale, s.row),
                                                     load_row_lse(lse, s.row), lse_grad ? lse_grad[s.row] : acc_t(0));
     auto grad_of = [&](int64_t c, acc_t xc) { return from_acc<T>(g(c, xc)); };
     for_each_unit(
@@ -92,7 +92,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   const T* q = static_cast<const T*>(a.q.data);
   T* grad = static_cast<T*>(a.grad.data);
   T* grad_q = static_cast<T*>(a.grad_target.data);
-  const acc_t* w = static_cast<const acc_t*>(a.weight);
+  const ClassWeights<T> w = class_weights<T>(a.weight, a.weight_narrow);
   const acc_t* lse = static_cast<const acc_t*>(a.lse);
   const LossConstants<acc_t> k = loss_constants<acc_t>(a.weight_sum, a.label_smoothing, C);
   const acc_t shared_scale = uniform_scale<acc_t>(a.scale, a.reduction);
@@ -116,7 +116,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     if (!in_range) continue;
 
     // Pass 2: the gradients.
-    const ProbGradRow<acc_t> g{k, w, prob_row_mass(k, swq), row_scale<acc_t>(a.scale, shared_scale, s.row),
+    const ProbGradRow<acc_t, ClassWeights<T>> g{k, w, prob_row_mass(k, swq), row_scale<acc_t>(a.scale, shared_scale, s.row),
                                load_row_lse(lse, s.row)};
     const T* row = x + row_start(a.x.ix, s.row);
     T* g_row = grad + row_start(a.grad.ix, s.row);

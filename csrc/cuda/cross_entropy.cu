@@ -49,19 +49,32 @@ const void* data_or_null(const Tensor& t) {
   return t.defined() ? t.const_data_ptr() : nullptr;
 }
 
-// Class weights in the accumulate dtype, and their sum (computed on the device).
+// Class weights as the kernels read them (kernel_api.h): the user's tensor itself when it holds
+// the logits' half dtype (widened at each read) or the accumulate dtype, else a converted copy; and
+// their sum, on the device, only when label smoothing reads it (LossConstants::sum_weight). So a
+// call without smoothing launches nothing for its weights.
 struct Weights {
   Tensor w;
+  bool narrow = false;
   Tensor sum;
 };
 
-Weights weights_of(const std::optional<Tensor>& weight, at::ScalarType acc, cudaStream_t stream) {
+Weights weights_of(const std::optional<Tensor>& weight, const Tensor& logits, double label_smoothing,
+                   cudaStream_t stream) {
   Weights r;
-  r.w = weights_for_kernel(weight, acc);
-  if (r.w.defined()) {
-    r.sum = at::empty({}, r.w.options());
-    VL_CUDA_CHECK(weight_sum_launch(acc == at::kDouble ? DType::kDouble : DType::kFloat, r.w.const_data_ptr(),
-                                     r.w.numel(), r.sum.mutable_data_ptr(), stream));
+  const at::ScalarType acc = accumulate_dtype(logits.scalar_type());
+  if (!weight.has_value() || !weight->defined()) return r;
+  const bool half = logits.scalar_type() != acc;
+  if (half && weight->scalar_type() == logits.scalar_type()) {
+    r.w = weight->reshape({-1}).contiguous();
+    r.narrow = true;
+  } else {
+    r.w = weights_for_kernel(weight, acc);
+  }
+  if (label_smoothing > 0) {
+    r.sum = at::empty({}, logits.options().dtype(acc));
+    VL_CUDA_CHECK(weight_sum_launch(dtype_of(logits.scalar_type()), r.w.const_data_ptr(), r.narrow, r.w.numel(),
+                                     r.sum.mutable_data_ptr(), stream));
   }
   return r;
 }
@@ -74,6 +87,7 @@ ForwardArgs forward_args(const Tensor& logits, const View& x, const Weights& w, 
   f.dtype = dtype_of(logits.scalar_type());
   f.x = x;
   f.weight = data_or_null(w.w);
+  f.weight_narrow = w.narrow;
   f.weight_sum = data_or_null(w.sum);
   f.label_smoothing = label_smoothing;
   f.z_scale = z_scale;
@@ -163,6 +177,7 @@ void index_backward(const ScaleHolder& scale, const Tensor& logits, const Tensor
   a.x = view_of(logits);
   a.t = IndexTargetArgs{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   a.weight = data_or_null(w.w);
+  a.weight_narrow = w.narrow;
   a.weight_sum = data_or_null(w.sum);
   a.label_smoothing = label_smoothing;
   a.z_scale = z_scale;
@@ -195,7 +210,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& 
   const DeviceGuard guard(logits.device());
   const cudaStream_t stream = current_stream();
   check_earlier_calls(stream);
-  const Weights w = weights_of(weight, accumulate_dtype(logits.scalar_type()), stream);
+  const Weights w = weights_of(weight, logits, label_smoothing, stream);
   const IndexForwardOut o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
                                           lse_square_scale, softcap, acc_loss, stream);
   report_status(validate, o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes(),
@@ -215,7 +230,7 @@ Tensor index_backward_op(const Tensor& grad_loss, const Tensor& logits, const Te
   const cudaStream_t stream = current_stream();
   check_earlier_calls(stream);
   const auto acc = accumulate_dtype(logits.scalar_type());
-  const Weights w = weights_of(weight, acc, stream);
+  const Weights w = weights_of(weight, logits, label_smoothing, stream);
   const int64_t num_rows = make_row_geometry(logits).num_rows;
   check_rows_tensor(grad_lse, num_rows, "grad_lse");
   const Tensor lse_c = saved_lse(lse, logits, acc, num_rows);
@@ -259,7 +274,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
   // No check of earlier calls here: linear_cross_entropy's chunk steps belong to one call, whose
   // Python entry has checked (a check here would raise that same call's own queued error mid-loop).
   const auto acc = accumulate_dtype(logits.scalar_type());
-  const Weights w = weights_of(weight, acc, stream);
+  const Weights w = weights_of(weight, logits, label_smoothing, stream);
   const int64_t num_rows = make_row_geometry(logits).num_rows;
   check_rows_tensor(grad_lse, num_rows, "grad_lse");
   const IndexForwardOut o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
@@ -285,7 +300,7 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& log
   const cudaStream_t stream = current_stream();
   check_earlier_calls(stream);
   const auto acc = accumulate_dtype(logits.scalar_type());
-  const Weights w = weights_of(weight, acc, stream);
+  const Weights w = weights_of(weight, logits, label_smoothing, stream);
   const View x = view_of(logits);
   const Tensor lse = at::empty({x.ix.num_rows, 2}, logits.options().dtype(acc));
   const auto loss_options = logits.options().dtype(loss_dtype(logits.scalar_type(), acc_loss));
@@ -314,7 +329,7 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cuda(const Tensor& grad_loss, 
   const cudaStream_t stream = current_stream();
   check_earlier_calls(stream);
   const auto acc = accumulate_dtype(logits.scalar_type());
-  const Weights w = weights_of(weight, acc, stream);
+  const Weights w = weights_of(weight, logits, label_smoothing, stream);
   ProbBackward a{};
   a.dtype = dtype_of(logits.scalar_type());
   a.x = view_of(logits);
@@ -325,6 +340,7 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cuda(const Tensor& grad_loss, 
   Tensor grad_x = at::empty_like(logits);
   Tensor grad_q = target_grad ? at::empty_like(target) : at::empty({0}, logits.options());
   a.weight = data_or_null(w.w);
+  a.weight_narrow = w.narrow;
   a.weight_sum = data_or_null(w.sum);
   a.label_smoothing = label_smoothing;
   a.reduction = reduction;

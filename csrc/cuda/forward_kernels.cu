@@ -32,7 +32,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   const int64_t C = f.x.ix.num_classes;
   const int64_t x_stride = f.x.ix.class_stride;
   const T* x = static_cast<const T*>(f.x.data);
-  const acc_t* w = static_cast<const acc_t*>(f.weight);
+  const ClassWeights<T> w = class_weights<T>(f.weight, f.weight_narrow);
   const LossConstants<acc_t> k = loss_constants<acc_t>(f.weight_sum, f.label_smoothing, C, f.z_scale, f.softcap);
   const ScanOptions o{kProb || has_smoothing(k), has_smoothing(k), f.check_finite};
   acc_t* lse_out = static_cast<acc_t*>(f.lse);
@@ -136,7 +136,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   const int64_t C = f.x.ix.num_classes;
   const int64_t x_stride = f.x.ix.class_stride;
   const T* x = static_cast<const T*>(f.x.data);
-  const acc_t* w = static_cast<const acc_t*>(f.weight);
+  const ClassWeights<T> w = class_weights<T>(f.weight, f.weight_narrow);
   const LossConstants<acc_t> k = loss_constants<acc_t>(f.weight_sum, f.label_smoothing, C, f.z_scale, f.softcap);
   const LaneState<acc_t>* partials = split_partials<acc_t>(f.workspace, split_plan);
   acc_t* lse_out = static_cast<acc_t*>(f.lse);

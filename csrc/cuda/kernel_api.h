@@ -36,8 +36,10 @@ struct MutableView {
 struct ForwardArgs {
   DType dtype;
   View x;                    // logits
-  const void* weight;        // C acc values, or nullptr
+  const void* weight;        // C values (acc, or T when weight_narrow), or nullptr
+  bool weight_narrow;        // weight holds T values (half/bfloat16 logits): widened at each read
   const void* weight_sum;    // device acc scalar: sum of weight (weight_sum_launch), or nullptr
+                             // (then C; read only with label smoothing)
   double label_smoothing;
   double z_scale;            // z-loss scale, 0: none (class-index targets)
   double softcap;            // logit softcap, 0: none (class-index targets)
@@ -82,7 +84,8 @@ struct IndexBackward {
   DType dtype;
   View x;
   IndexTargetArgs t;
-  const void* weight;
+  const void* weight;        // as ForwardArgs'
+  bool weight_narrow;
   const void* weight_sum;
   double label_smoothing;
   double z_scale;
@@ -99,7 +102,8 @@ struct ProbBackward {
   DType dtype;
   View x;
   View q;
-  const void* weight;
+  const void* weight;        // as ForwardArgs'
+  bool weight_narrow;
   const void* weight_sum;
   double label_smoothing;
   int64_t reduction;
@@ -113,8 +117,10 @@ struct ProbBackward {
 // across blocks, their partial states too). prob: probability targets.
 int64_t forward_workspace_bytes(DType dtype, const RowIndexer& x, bool prob);
 
-// out[0] = sum of the C acc values of w (one block, deterministic).
-cudaError_t weight_sum_launch(DType dtype, const void* w, int64_t num_classes, void* out, cudaStream_t stream);
+// out[0] (acc of `dtype`, the logits' dtype) = sum of the C values of w: acc values, or T values
+// when narrow (one block, deterministic, summed in float64).
+cudaError_t weight_sum_launch(DType dtype, const void* w, bool narrow, int64_t num_classes, void* out,
+                              cudaStream_t stream);
 
 cudaError_t index_forward_launch(const IndexForward& a, cudaStream_t stream);
 cudaError_t prob_forward_launch(const ProbForward& a, cudaStream_t stream);

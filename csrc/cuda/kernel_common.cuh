@@ -57,6 +57,29 @@ struct RowLoader {
   }
 };
 
+// Class weights as the kernels read them: in the accumulate dtype, or (narrow) in the logits'
+// half dtype, widened at each read: torch requires a weight of the logits' dtype, and widening at
+// the read spares every call a conversion kernel and a float copy. Reads like a pointer:
+// `w ? w[c] : 1` (row_ops.h's W).
+template <typename T>
+struct ClassWeights {
+  const void* data;  // C values, or nullptr (no weight)
+  bool narrow;       // T values (half/bfloat16 logits), else acc values
+
+  __device__ __forceinline__ explicit operator bool() const { return data != nullptr; }
+  __device__ __forceinline__ acc_of<T> operator[](int64_t c) const {
+    if constexpr (!std::is_same_v<T, acc_of<T>>) {
+      if (narrow) return to_acc(static_cast<const T*>(data)[c]);
+    }
+    return static_cast<const acc_of<T>*>(data)[c];
+  }
+};
+
+template <typename T>
+__device__ __forceinline__ ClassWeights<T> class_weights(const void* data, bool narrow) {
+  return ClassWeights<T>{data, narrow};
+}
+
 // The forward's workspace: BlockTotals for whichever kernel finishes the rows (the forward, or
 // split_finish_kernel), then, for split rows, one lane state per (split, row), split-major.
 XENT_HD int64_t split_partials_offset(const LaunchPlan& plan) {

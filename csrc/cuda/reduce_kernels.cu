@@ -8,6 +8,7 @@
 #include "dtypes.cuh"
 #include "kernel_api.h"
 #include "launch.cuh"
+#include "kernel_common.cuh"
 #include "launch_plan.h"
 #include "row_scan.h"
 #include "team_reduce.cuh"
@@ -15,15 +16,17 @@
 namespace validated_loss::cuda {
 namespace {
 
-template <typename acc_t>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM) weight_sum_kernel(const acc_t* w, int64_t num_classes, acc_t* out) {
+// T: the logits' dtype; the weights are read as ClassWeights<T> (acc values, or T values widened).
+template <typename T>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
+    weight_sum_kernel(const ClassWeights<T> w, int64_t num_classes, acc_of<T>* out) {
   // In double: a float32 sum of 32000 weights drifts by ~1e-6 relative (torch's: ~1e-7).
   using Reduce = cub::BlockReduce<double, kThreads>;
   __shared__ typename Reduce::TempStorage storage;
   double s = 0;
   for (int64_t c = threadIdx.x; c < num_classes; c += kThreads) s += static_cast<double>(w[c]);
   s = Reduce(storage).Sum(s);
-  if (threadIdx.x == 0) out[0] = static_cast<acc_t>(s);
+  if (threadIdx.x == 0) out[0] = static_cast<acc_of<T>>(s);
 }
 
 template <typename T>
@@ -68,15 +71,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
 
 }  // namespace
 
-cudaError_t weight_sum_launch(DType dtype, const void* w, int64_t num_classes, void* out, cudaStream_t stream) {
-  if (dtype == DType::kDouble) {
-    VL_LAUNCH(1, kThreads, 0, stream, weight_sum_kernel<double>)(static_cast<const double*>(w), num_classes,
-                                                           static_cast<double*>(out));
-  } else {
-    VL_LAUNCH(1, kThreads, 0, stream, weight_sum_kernel<float>)(static_cast<const float*>(w), num_classes,
-                                                         static_cast<float*>(out));
-  }
-  return cudaGetLastError();
+cudaError_t weight_sum_launch(DType dtype, const void* w, bool narrow, int64_t num_classes, void* out,
+                              cudaStream_t stream) {
+  return dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    VL_LAUNCH(1, kThreads, 0, stream, weight_sum_kernel<T>)(ClassWeights<T>{w, narrow}, num_classes,
+                                                            static_cast<acc_of<T>*>(out));
+    return cudaGetLastError();
+  });
 }
 
 cudaError_t finalize_launch(const ForwardArgs& f, int64_t num_blocks, bool mean_over_rows, int64_t num_rows,

@@ -60,10 +60,12 @@ XENT_HD RowOut<acc_t> prob_row_finish(const LossConstants<acc_t>& k, int64_t row
 // The gradient of a valid class-index row, element by element: every element (the target's too)
 // computed whole from its raw logit x (capped here when the call softcaps), never patched into a
 // rounded value; z-loss and the lse gradient enter through `extra` (softmax_extra).
-template <typename acc_t>
+// W: class weights as `w ? w[c] : 1` reads them: a pointer (nullptr: none) or the kernels'
+// ClassWeights (kernel_common.cuh), which reads them in the dtype they arrive in.
+template <typename acc_t, typename W>
 struct IndexGradRow {
   LossConstants<acc_t> k;
-  const acc_t* w;  // class weights or nullptr
+  W w;
   int64_t y;
   acc_t w_y;
   acc_t mass;
@@ -79,8 +81,8 @@ struct IndexGradRow {
   }
 };
 
-template <typename acc_t>
-XENT_HD IndexGradRow<acc_t> index_grad_row(const LossConstants<acc_t>& k, const acc_t* w, int64_t y, acc_t scale,
+template <typename acc_t, typename W>
+XENT_HD IndexGradRow<acc_t, W> index_grad_row(const LossConstants<acc_t>& k, W w, int64_t y, acc_t scale,
                                            RowLse<acc_t> lse, acc_t lse_grad = acc_t(0)) {
   const acc_t w_y = w ? w[y] : acc_t(1);
   return {k, w, y, w_y, index_row_mass(k, w_y), scale, lse, softmax_extra(k, scale, lse, lse_grad)};
@@ -88,10 +90,10 @@ XENT_HD IndexGradRow<acc_t> index_grad_row(const LossConstants<acc_t>& k, const 
 
 // A probability row's gradients: d/dx_c and d/dq_c. mass from prob_row_mass of the row's
 // sum_c w_c q_c (prob_swq_element summed over the row).
-template <typename acc_t>
+template <typename acc_t, typename W>
 struct ProbGradRow {
   LossConstants<acc_t> k;
-  const acc_t* w;
+  W w;
   acc_t mass;
   acc_t scale;
   RowLse<acc_t> lse;
@@ -105,8 +107,8 @@ struct ProbGradRow {
 };
 
 // One element's share of sum_c w_c q_c.
-template <typename acc_t>
-XENT_HD acc_t prob_swq_element(const acc_t* w, int64_t c, acc_t q) {
+template <typename acc_t, typename W>
+XENT_HD acc_t prob_swq_element(W w, int64_t c, acc_t q) {
   return row_sums_element<acc_t>(acc_t(0), w ? w[c] : acc_t(1), q, acc_t(0)).swq;
 }
 

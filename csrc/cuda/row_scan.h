@@ -60,10 +60,10 @@ XENT_HD void lane_element_sums(LaneState<acc_t>& st, int64_t c, acc_t x, acc_t w
 // The lane's partial state over its units of the row.
 //   load.scalar(c, x, q)      sets logit x and target probability q of class c (q: 0 for index rows)
 //   load.vector(c0, xs, qs)   the same for classes c0 .. c0 + V - 1
-//   w                         class weights (acc_t, C values) or nullptr
+//   w                         class weights as `w ? w[c] : 1` reads them (row_ops.h's W)
 VL_EXEC_CHECK_DISABLE
-template <typename acc_t, int V, typename Loader>
-XENT_HD LaneState<acc_t> scan_lane(const RowSpan& span, int lane, int team, const Loader& load, const acc_t* w,
+template <typename acc_t, int V, typename Loader, typename W>
+XENT_HD LaneState<acc_t> scan_lane(const RowSpan& span, int lane, int team, const Loader& load, W w,
                                    acc_t ref, const ScanOptions& o) {
   LaneState<acc_t> st = lane_empty<acc_t>();
   for_each_unit(
