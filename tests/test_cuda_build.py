@@ -247,6 +247,19 @@ def test_ptx_has_no_assert_or_trap():
         assert forbidden not in result.stdout, f"PTX contains {forbidden}"
 
 
+def test_probability_backward_reduces_one_value():
+    """The probability backward needs one sum per row (sum_c w_c q_c) between its passes: its warp
+    team reduction shuffles that one value, not the forward's six-field lane state (each butterfly
+    step of which is 7 SHFL instructions)."""
+    functions = sass_functions()
+    team_variants = {k: v for k, v in functions.items()
+                     if re.search(r"prob_backward_kernelI.*Li0E", k[1]) and "validated_loss" in k[1]}
+    assert team_variants, "no prob_backward_kernel<T, kTeamRows> in the machine code"
+    for (arch, name), instructions in team_variants.items():
+        shuffles = [i for _, i in instructions if opcode(i).startswith("SHFL")]
+        assert 1 <= len(shuffles) <= 5, f"{short_name(name)} {arch}: {len(shuffles)} shuffles"
+
+
 if __name__ == "__main__":
     passed = failed = skipped = 0
     for name, fn in list(globals().items()):
@@ -263,16 +276,3 @@ if __name__ == "__main__":
                 print(f"FAIL {name}: {e}")
     print(f"cuda-check: {passed} passed, {failed} failed, {skipped} skipped")
     sys.exit(1 if failed else 0)
-
-
-def test_probability_backward_reduces_one_value():
-    """The probability backward needs one sum per row (sum_c w_c q_c) between its passes: its warp
-    team reduction shuffles that one value, not the forward's six-field lane state (each butterfly
-    step of which is 7 SHFL instructions)."""
-    functions = sass_functions()
-    team_variants = {k: v for k, v in functions.items()
-                     if re.search(r"prob_backward_kernelI.*Li0E", k[1]) and "validated_loss" in k[1]}
-    assert team_variants, "no prob_backward_kernel<T, kTeamRows> in the machine code"
-    for (arch, name), instructions in team_variants.items():
-        shuffles = [i for _, i in instructions if opcode(i).startswith("SHFL")]
-        assert 1 <= len(shuffles) <= 5, f"{short_name(name)} {arch}: {len(shuffles)} shuffles"
