@@ -22,9 +22,10 @@ MUTANTS = {
         "cuda/team_reduce.cuh", r"(shfl_xor_state\(.*?\n}\n)", lambda m: m.group(1).replace(", offset)", ", 0)"),
         "every __shfl_xor_sync of the team reduction reads the calling lane's own value"),
     "block-reduce-barrier-removed": (
-        "cuda/team_reduce.cuh", r"if \(threadIdx\.x == 0\) s\.result = r;\n    __syncthreads\(\);",
-        lambda m: "if (threadIdx.x == 0) s.result = r;",
-        "the __syncthreads() between thread 0's write of the block's result and the others' read"),
+        "cuda/team_reduce.cuh", r"if \(threadIdx\.x == 0\) s\.sum_result = r;\n    __syncthreads\(\);",
+        lambda m: "if (threadIdx.x == 0) s.sum_result = r;",
+        "the __syncthreads() between thread 0's write of the block's sum and the others' read (every thread "
+        "of the probability backward scales its gradients by it)"),
     "vector-tail-drops-last-element": (
         "cuda/launch_plan.h", r"c = s\.tail_begin \+ lane; c < s\.num_classes;",
         lambda m: "c = s.tail_begin + lane; c < s.num_classes - 1;",
