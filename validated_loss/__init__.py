@@ -31,7 +31,7 @@ _mismatch = _checked and _build_info and _torch_support.mismatch_warning(
 if _mismatch:
     _warnings.warn(_mismatch, _torch_support.TorchMismatchWarning, stacklevel=2)
 
-from . import _ops  # noqa: F401  (registers the ops, their fake kernels and autograd)
+from . import _ops, _autograd  # noqa: F401  (the ops and their fake kernels; their autograd)
 from ._deferred import check_pending as check_deferred
 from .diagnostics import *  # noqa: F401,F403  (exception classes, check_batch)
 from .diagnostics import __all__ as _diagnostics_all

@@ -29,8 +29,10 @@ from typing import Any, Callable, List, Optional
 
 import torch
 
-from . import diagnostics
-from .diagnostics import (BatchReport, BatchSizeMismatchError, TargetOutOfRangeError, check_batch)
+from .batch_check import BatchReport, check_batch
+from .errors import BatchSizeMismatchError, TargetOutOfRangeError
+from .hints import per_row_ratio
+from .target_range import find_out_of_range
 
 __all__ = ["check_loader", "LoaderReport"]
 
@@ -392,7 +394,7 @@ def _progress_bar(progress, total):
     if not progress:
         return None
     try:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: an optional dependency, wanted only for a progress bar
     except ImportError:
         warnings.warn("check_loader: progress=True needs tqdm (pip install tqdm); continuing without a "
                       "progress bar", RuntimeWarning, stacklevel=3)
@@ -436,7 +438,7 @@ def _check_pair(k, total, inputs, target, infos, num_classes, ignore_index, chec
         return type(error)(f"{_where(k, total)}: {error}{note}"), batch_report
     if check_values and not probabilities and not target.is_meta:
         if num_classes is not None:
-            error = diagnostics._find_out_of_range(logits, target, ignore_index)
+            error = find_out_of_range(logits, target, ignore_index)
         else:
             error = _find_negative(target, ignore_index)
         if error is not None:
@@ -502,12 +504,10 @@ def _batch_size_error(k, total, rows, target, infos) -> BatchSizeMismatchError:
         lines.append(_FIX_TWO)
     else:
         lines.append("  " + infos[0].describe())
-        small, large = sorted((rows, n_target))
         cause = ("one loader yields both, so splitting into batches is not the cause: the dataset's items "
                  "(or the collate_fn) give inputs and targets of different lengths")
-        if small and large % small == 0 and large != small:
-            per = ("the target has {r} entries per input row" if n_target > rows
-                   else "the input has {r} rows per target entry").format(r=large // small)
+        per = per_row_ratio(rows, n_target, "row")
+        if per:
             cause += (f"; {per}: a label per token/pixel/step flattened into the batch, or a reshape, "
                       "view(-1) or flatten that merged a dimension into the batch")
         lines.append("Likely cause: " + cause + ".")

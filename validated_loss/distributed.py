@@ -33,15 +33,21 @@ from __future__ import annotations
 
 import zlib
 from collections import Counter
-from typing import List, NamedTuple, Optional, Sequence, Tuple
+from typing import List, NamedTuple, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 from torch.nn import _reduction
 
-from . import _ops, diagnostics
-from .diagnostics import BatchSizeMismatchError, TargetOutOfRangeError, ValidatedLossError
+from . import _ops
+from ._ops import Reduction
+from ._autocast import autocast_enabled
+from .checks import check_inputs
+from .errors import BatchSizeMismatchError, TargetDtypeError, TargetOutOfRangeError, ValidatedLossError
+from .functional import check_argument_types
+from .hints import ONE_DATASET_FIX
+from .target_range import find_out_of_range
 
 __all__ = [
     "vocab_parallel_cross_entropy",
@@ -205,7 +211,7 @@ def _batch_report(sizes: Sequence[Tuple[int, int]], *, vocab_parallel=False):
     if split:
         inconsistent = [r for r, s in enumerate(sizes) if s[0] != s[1]]
         causes.append(f"on {_ranks_text(inconsistent)} the input and the target come from different batches")
-        fixes.append("batch inputs and targets together (one Dataset returning (input, target) pairs, one DataLoader)")
+        fixes.append(ONE_DATASET_FIX)
     if smaller and not larger:
         causes.append("an uneven last batch (the dataset is not a multiple of world_size x batch_size)")
         fixes.append(f"use drop_last=True in the DistributedSampler/DataLoader, or pad the last batch to "
@@ -280,13 +286,11 @@ def vocab_parallel_cross_entropy(logits_shard, target, *, group=None, weight=Non
 
     # 1. Local facts; anything this rank would reject is only flagged until every rank knows.
     local_error = None
-    reduction_code = 1  # mean
+    reduction_code = int(Reduction.MEAN)
     try:
-        from .functional import _check_argument_types
-
         reduction_code = _reduction.get_enum(reduction)  # torch's ValueError for unknown names
-        ignore_index, label_smoothing = _check_argument_types(logits_shard, target, weight, ignore_index,
-                                                              label_smoothing)
+        ignore_index, label_smoothing = check_argument_types(logits_shard, target, weight, ignore_index,
+                                                             label_smoothing)
     except Exception as error:  # noqa: BLE001  (re-raised below, after the all_gather)
         local_error = error
     if not isinstance(logits_shard, torch.Tensor) or not isinstance(target, torch.Tensor):
@@ -315,7 +319,7 @@ def vocab_parallel_cross_entropy(logits_shard, target, *, group=None, weight=Non
             f"Rank {rank} has: {_signature(logits_shard, target, weight, ignore_index, label_smoothing, reduction)}.",
             ranks=differ)
     if logits_shard.dim() == 0:
-        diagnostics.check_inputs(logits_shard, target, weight, ignore_index, label_smoothing)  # raises
+        check_inputs(logits_shard, target, weight, ignore_index, label_smoothing)  # raises
     shard_sizes = [row[0] for row in rows]
     num_classes = sum(shard_sizes)
     offset = sum(shard_sizes[:rank])
@@ -323,11 +327,11 @@ def vocab_parallel_cross_entropy(logits_shard, target, *, group=None, weight=Non
     global_like = torch.empty((), dtype=logits_shard.dtype, device=logits_shard.device).expand(
         _with_classes(logits_shard, num_classes))
     if target.is_floating_point():
-        raise diagnostics.TargetDtypeError(
+        raise TargetDtypeError(
             f"vocab_parallel_cross_entropy takes class indices (an integer target), got a {target.dtype} target "
             f"of shape {tuple(target.shape)}; class-probability targets would be split like the logits, "
             "which is not supported.")
-    diagnostics.check_inputs(global_like, target, weight, ignore_index, label_smoothing)
+    check_inputs(global_like, target, weight, ignore_index, label_smoothing)
     bad = [r for r, row in enumerate(rows) if row[5] <= row[6] and (row[5] < 0 or row[6] >= num_classes)]
     if bad:
         raise _target_error(global_like, target, ignore_index, bad, rows, rank, num_classes)
@@ -341,7 +345,7 @@ def vocab_parallel_cross_entropy(logits_shard, target, *, group=None, weight=Non
 
     # Under autocast the loss is float32, as cross_entropy's (torch's fp32 policy); the gradient
     # keeps the logits' dtype.
-    acc_loss = diagnostics.autocast_enabled(logits_shard)
+    acc_loss = autocast_enabled(logits_shard)
     return _VocabParallelCrossEntropy.apply(logits_shard, target, weight, offset, num_classes, reduction_code,
                                             ignore_index, float(label_smoothing), group, world, acc_loss)
 
@@ -392,7 +396,7 @@ def _target_checksum(flat):
 def _target_error(global_like, target, ignore_index, bad, rows, rank, num_classes):
     """cross_entropy's TargetOutOfRangeError when this rank's target is out of range (every rank
     when they share the target); otherwise one naming the ranks whose targets are."""
-    error = diagnostics._find_out_of_range(global_like, target, ignore_index)
+    error = find_out_of_range(global_like, target, ignore_index)
     if error is not None:
         return error
     ranges = "; ".join(f"rank {r}: targets in [{rows[r][5]}, {rows[r][6]}]" for r in bad)
@@ -403,13 +407,11 @@ def _target_error(global_like, target, ignore_index, bad, rows, rank, num_classe
         num_classes=num_classes, ignore_index=ignore_index)
 
 
-def _local_lse(x, rows_shape, acc):
+def _local_lse(x, acc):
     """(max, log sum exp(x - max)) of each row over this rank's classes, float `acc`, shape (R,).
     x: (N, C_r, d1..dk) with C_r >= 1."""
     if _ops.has_kernel(x.device.type):
-        # The fused kernel's own row pass; target 0 (a valid class) makes it keep every row's lse.
-        dummy = torch.zeros(rows_shape, dtype=torch.int64, device=x.device)
-        _, lse, _, _ = _ops.ops.cross_entropy_fwd(x, dummy, None, 0, -100, 0.0, False, 0)
+        lse = _ops.row_lse(x)  # the fused kernel's own row pass
         return lse[:, 0], lse[:, 1]
     flat = x.movedim(1, -1).reshape(-1, x.shape[1]).to(acc)
     row_max = flat.amax(1)
@@ -444,7 +446,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
         # Row max over all ranks.
         if classes > 0 and n_rows > 0:
-            local_max, local_log_sum = _local_lse(x, rows_shape, acc)
+            local_max, local_log_sum = _local_lse(x, acc)
         else:
             local_max = torch.full((n_rows,), float("-inf"), dtype=acc, device=x.device)
             local_log_sum = torch.zeros((n_rows,), dtype=acc, device=x.device)
@@ -485,9 +487,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             loss = (1 - eps) * loss + (eps / num_classes) * torch.where(counted, smooth, 0.0)
         loss = torch.where(counted, loss, 0.0)
         total_weight = w_target.sum()
-        if reduction == 0:
+        if reduction == Reduction.NONE:
             out = loss.reshape(() if logits.dim() == 1 else rows_shape)
-        elif reduction == 2:
+        elif reduction == Reduction.SUM:
             out = loss.sum()
         else:
             out = torch.where(total_weight != 0, loss.sum() / total_weight, float("nan"))  # 0/0 as torch
@@ -509,9 +511,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         counted = y != ignore_index
 
         g = grad_output.to(acc)
-        if reduction == 0:
+        if reduction == Reduction.NONE:
             scale = g.reshape(-1)
-        elif reduction == 2:
+        elif reduction == Reduction.SUM:
             scale = g.expand(y.shape)
         else:
             scale = torch.where(total_weight != 0, g / total_weight, float("nan")).expand(y.shape)

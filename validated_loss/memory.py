@@ -13,7 +13,7 @@ import contextlib
 import operator
 import threading
 
-from ._ops import ops
+from . import _ops
 
 # The op's int64 argument: a larger limit means "no limit" and is held as this.
 _MAX_LIMIT = 2**63 - 1
@@ -21,7 +21,7 @@ _MAX_LIMIT = 2**63 - 1
 
 def empty_cache():
     """Free the gradient blocks the cache holds; returns the number of bytes released."""
-    return ops.empty_gradient_cache()
+    return _ops.empty_gradient_cache()
 
 
 def set_gradient_cache_limit(limit_bytes):
@@ -32,12 +32,12 @@ def set_gradient_cache_limit(limit_bytes):
         limit = None
     if limit is None or limit < 0:
         raise ValueError(f"limit_bytes must be a non-negative int, got {limit_bytes!r}")
-    return ops.set_gradient_cache_limit(min(limit, _MAX_LIMIT))
+    return _ops.set_gradient_cache_limit(min(limit, _MAX_LIMIT))
 
 
 def gradient_cache_bytes():
     """Bytes the cache holds now (blocks of dead gradients, kept for the next backward)."""
-    return ops.gradient_cache_bytes()
+    return _ops.gradient_cache_bytes()
 
 
 # gradient_cache_disabled() blocks open in any thread, and whether the cache was on before the
@@ -56,7 +56,7 @@ def gradient_cache_disabled():
     global _disabled_count, _enabled_before
     with _disabled_lock:
         if _disabled_count == 0:
-            _enabled_before = ops.set_gradient_cache_enabled(False)
+            _enabled_before = _ops.set_gradient_cache_enabled(False)
         _disabled_count += 1
     try:
         yield
@@ -64,4 +64,4 @@ def gradient_cache_disabled():
         with _disabled_lock:
             _disabled_count -= 1
             if _disabled_count == 0:
-                ops.set_gradient_cache_enabled(_enabled_before)
+                _ops.set_gradient_cache_enabled(_enabled_before)

@@ -1,0 +1,137 @@
+"""Invariants of the package's layout (issue 17): one boundary to the ops, no import cycle, no
+module reaching into another's private names, no function-level import unless lazy on purpose, the
+Python mirrors of the C++ enums equal to the C++, and modules small enough to read."""
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "validated_loss"
+MODULES = {path.stem: path for path in sorted(PACKAGE.glob("*.py"))}
+TREES = {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
+
+
+def _package_imports(tree):
+    """(module name, names imported from it, node, at top level?) for each import of the package."""
+    top_level = set(map(id, tree.body))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("validated_loss")):
+            base = node.module or ""
+            base = base.removeprefix("validated_loss").lstrip(".") if node.level == 0 else base
+            if base:
+                yield base.split(".")[0], [a.name for a in node.names], node, id(node) in top_level
+            else:  # from . import a, b
+                for alias in node.names:
+                    yield alias.name, [], node, id(node) in top_level
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("validated_loss."):
+                    yield alias.name.split(".")[1], [], node, id(node) in top_level
+
+
+def test_no_import_cycle():
+    graph = {name: {m for m, _, _, _ in _package_imports(tree) if m in MODULES and m != name}
+             for name, tree in TREES.items()}
+    graph["__init__"] = set()  # importing a submodule runs __init__ first: that edge is not a cycle
+    state, path = {}, []
+
+    def visit(name):
+        state[name] = "open"
+        path.append(name)
+        for other in sorted(graph[name]):
+            if state.get(other) == "open":
+                pytest.fail("import cycle: " + " -> ".join(path[path.index(other):] + [other]))
+            if other not in state:
+                visit(other)
+        path.pop()
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+
+
+def test_errors_module_imports_nothing_from_the_package():
+    assert list(_package_imports(TREES["errors"])) == []
+
+
+def test_only_ops_module_touches_torch_ops():
+    for name, tree in TREES.items():
+        if name == "_ops":
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+                assert not (node.value.id == "torch" and node.attr == "ops"), f"{name}.py uses torch.ops"
+                assert not (node.value.id == "_ops" and node.attr == "ops"), f"{name}.py uses _ops.ops"
+        for module, names, _, _ in _package_imports(tree):
+            assert not (module == "_ops" and "ops" in names), f"{name}.py imports _ops.ops"
+
+
+def test_no_module_uses_another_modules_private_names():
+    allowed = {"_C"}  # the compiled extension module (_library loads it)
+    for name, tree in TREES.items():
+        imported = {}
+        for module, names, node, _ in _package_imports(tree):
+            for alias in getattr(node, "names", []):
+                if alias.name == module and not names:
+                    imported[alias.asname or alias.name] = module
+            for n in names:
+                assert not (n.startswith("_") and n not in allowed and not n.startswith("__")), \
+                    f"{name}.py imports {module}.{n}"
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in imported:
+                attr = node.attr
+                assert not (attr.startswith("_") and not attr.startswith("__") and attr not in allowed), \
+                    f"{name}.py uses {imported[node.value.id]}.{attr}"
+
+
+def test_function_level_imports_say_why_they_are_lazy():
+    for name, tree in TREES.items():
+        lines = MODULES[name].read_text().splitlines()
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)) and not _in_module_body(tree, node):
+                context = " ".join(lines[max(0, node.lineno - 5):node.lineno])
+                assert "lazy" in context.lower(), f"{name}.py:{node.lineno}: a function-level import without a reason"
+
+
+def _in_module_body(tree, target):
+    """Module-level imports inside try/if blocks count as module level."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if node is target:
+            return True
+        if isinstance(node, (ast.Try, ast.If)):
+            stack += node.body + node.orelse + getattr(node, "finalbody", [])
+            for handler in getattr(node, "handlers", []):
+                stack += handler.body
+    return False
+
+
+def test_modules_are_small():
+    for name, path in MODULES.items():
+        assert len(path.read_text().splitlines()) <= 520, f"{name}.py has grown past about 500 lines"
+
+
+def test_enums_match_the_cpp():
+    from validated_loss._ops import Reduction, Validate
+    from validated_loss import _status
+
+    xent_row = (ROOT / "csrc" / "xent_row.h").read_text()
+    found = dict(re.findall(r"kReduction(\w+) = (\d+)", xent_row))
+    assert {k.upper(): int(v) for k, v in found.items()} == {r.name: r.value for r in Reduction}
+    assert [Reduction(i).label for i in range(3)] == ["none", "mean", "sum"]
+
+    ops_cpp = (ROOT / "csrc" / "ops.cpp").read_text()
+    documented = re.search(r"validate\s+0 off, 1 sync, 2 deferred", ops_cpp)
+    assert documented, "csrc/ops.cpp no longer documents validate as 0 off, 1 sync, 2 deferred"
+    assert (Validate.OFF, Validate.SYNC, Validate.DEFERRED) == (0, 1, 2)
+
+    status_h = (ROOT / "csrc" / "status.h").read_text()
+    cpp_fields = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).upper(): int(v)
+                  for k, v in re.findall(r"kStatus(\w+) = (\d+)", status_h)}
+    py_fields = {k.removeprefix("STATUS_"): v for k, v in vars(_status).items() if k.startswith("STATUS_")}
+    assert {k.replace("NON_FINITE", "NONFINITE"): v for k, v in cpp_fields.items()} == py_fields
