@@ -10,32 +10,52 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "validated_loss"
-MODULES = {path.stem: path for path in sorted(PACKAGE.glob("*.py"))}
+# "functional", "tools.data", "tools" (its __init__), "__init__" (the package's)
+MODULES = {".".join(path.relative_to(PACKAGE).with_suffix("").parts).removesuffix(".__init__") or "__init__": path
+           for path in sorted(PACKAGE.rglob("*.py"))}
 TREES = {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
 
 
-def _package_imports(tree):
-    """(module name, names imported from it, node, at top level?) for each import of the package."""
+def _package_of(name):
+    """The package a module's relative imports start from (dotted, "" for validated_loss itself)."""
+    path = MODULES[name]
+    parts = list(path.relative_to(PACKAGE).parent.parts)
+    return ".".join(parts)
+
+
+def _package_imports(tree, name=None):
+    """(module imported, names imported from it, node, at top level?) for each import of the package;
+    modules are named as in MODULES."""
     top_level = set(map(id, tree.body))
+    here = _package_of(name) if name else ""
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and (node.level == 1 or (node.module or "").startswith("validated_loss")):
-            base = node.module or ""
-            base = base.removeprefix("validated_loss").lstrip(".") if node.level == 0 else base
-            if base:
-                yield base.split(".")[0], [a.name for a in node.names], node, id(node) in top_level
-            else:  # from . import a, b
-                for alias in node.names:
-                    yield alias.name, [], node, id(node) in top_level
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here.split(".") if here else []
+                base = base[:len(base) - (node.level - 1)] if node.level > 1 else base
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif (node.module or "").split(".")[0] == "validated_loss":
+                target = node.module.removeprefix("validated_loss").lstrip(".")
+            else:
+                continue
+            if node.module is None or target == "" or target in ("tools",) and not node.module:
+                for alias in node.names:  # from . import a, b: modules
+                    module = f"{target}.{alias.name}".lstrip(".")
+                    yield module, [], node, id(node) in top_level
+            else:
+                yield target, [a.name for a in node.names], node, id(node) in top_level
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("validated_loss."):
-                    yield alias.name.split(".")[1], [], node, id(node) in top_level
+                    yield alias.name.removeprefix("validated_loss."), [], node, id(node) in top_level
 
 
 def test_no_import_cycle():
-    graph = {name: {m for m, _, _, _ in _package_imports(tree) if m in MODULES and m != name}
+    graph = {name: {m for m, _, _, _ in _package_imports(tree, name) if m in MODULES and m != name}
              for name, tree in TREES.items()}
     graph["__init__"] = set()  # importing a submodule runs __init__ first: that edge is not a cycle
+    graph["tools"] = set()
+    assert graph["functional"] and graph["tools.data"], "the import graph was not read"
     state, path = {}, []
 
     def visit(name):
@@ -55,7 +75,16 @@ def test_no_import_cycle():
 
 
 def test_errors_module_imports_nothing_from_the_package():
-    assert list(_package_imports(TREES["errors"])) == []
+    assert list(_package_imports(TREES["errors"], "errors")) == []
+
+
+def test_the_core_never_imports_the_tools():
+    shims = {"data", "distributed", "patching", "memory", "__init__"}  # the tools' public import paths
+    for name, tree in TREES.items():
+        if name.startswith("tools") or name in shims:
+            continue
+        for module, _, _, _ in _package_imports(tree, name):
+            assert not module.startswith("tools") and module not in shims, f"{name}.py imports {module}"
 
 
 def test_only_ops_module_touches_torch_ops():
@@ -66,7 +95,7 @@ def test_only_ops_module_touches_torch_ops():
             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
                 assert not (node.value.id == "torch" and node.attr == "ops"), f"{name}.py uses torch.ops"
                 assert not (node.value.id == "_ops" and node.attr == "ops"), f"{name}.py uses _ops.ops"
-        for module, names, _, _ in _package_imports(tree):
+        for module, names, _, _ in _package_imports(tree, name):
             assert not (module == "_ops" and "ops" in names), f"{name}.py imports _ops.ops"
 
 
@@ -74,9 +103,9 @@ def test_no_module_uses_another_modules_private_names():
     allowed = {"_C"}  # the compiled extension module (_library loads it)
     for name, tree in TREES.items():
         imported = {}
-        for module, names, node, _ in _package_imports(tree):
+        for module, names, node, _ in _package_imports(tree, name):
             for alias in getattr(node, "names", []):
-                if alias.name == module and not names:
+                if module.split(".")[-1] == alias.name and not names:
                     imported[alias.asname or alias.name] = module
             for n in names:
                 assert not (n.startswith("_") and n not in allowed and not n.startswith("__")), \

@@ -39,9 +39,9 @@ from .functional import cross_entropy
 from .linear import linear_cross_entropy
 from .loss import CrossEntropyLoss, LinearCrossEntropyLoss
 from ._linear_module import LinearCrossEntropyOptions  # torch's, or the same fields where torch lacks it
-from . import data  # check_loader
-from .patching import is_patched, patch, patched, unpatch
-from .memory import empty_cache, gradient_cache_bytes, gradient_cache_disabled, set_gradient_cache_limit
+from . import data, memory, patching  # noqa: F401  (the tools' public paths: validated_loss.data, ...)
+from .tools.patching import is_patched, patch, patched, unpatch
+from .tools.memory import empty_cache, gradient_cache_bytes, gradient_cache_disabled, set_gradient_cache_limit
 
 __version__ = "0.1.0"
 

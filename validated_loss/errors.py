@@ -152,3 +152,11 @@ class LogitsModifiedError(ValidatedLossError, RuntimeError):
     themselves for the backward (torch keeps their log-softmax, a second logits-sized tensor), so
     an edit made after the loss (logits.div_(T) for sampling) is refused where torch's backward
     would not notice it."""
+
+
+# Their public home stays validated_loss.diagnostics (which re-exports them): tracebacks print
+# validated_loss.diagnostics.TargetOutOfRangeError as docs/errors.md shows, and pickles made
+# before this module existed load.
+for _name in __all__:
+    globals()[_name].__module__ = "validated_loss.diagnostics"
+del _name
