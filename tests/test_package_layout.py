@@ -164,3 +164,30 @@ def test_enums_match_the_cpp():
                   for k, v in re.findall(r"kStatus(\w+) = (\d+)", status_h)}
     py_fields = {k.removeprefix("STATUS_"): v for k, v in vars(_status).items() if k.startswith("STATUS_")}
     assert {k.replace("NON_FINITE", "NONFINITE"): v for k, v in cpp_fields.items()} == py_fields
+
+
+def test_op_errors_are_built_from_fields_not_read_back_from_text():
+    import torch
+
+    import validated_loss as vl
+
+    with pytest.raises(vl.TargetOutOfRangeError) as info:
+        vl.cross_entropy(torch.zeros(2, 3, 4), torch.tensor([[0, 1, 2, 3], [5, 0, 0, -7]]), ignore_index=1)
+    error = info.value
+    assert (error.position, error.value, error.count, error.num_classes, error.ignore_index) == ((0, 3), 3, 3, 3, 1)
+    logits = torch.zeros(3, 4)
+    logits[1, 2] = float("inf")
+    logits[2, 0] = float("nan")
+    with pytest.raises(vl.NonFiniteLogitsError) as info:
+        vl.cross_entropy(logits, torch.tensor([0, 1, 2]), check_finite=True)
+    assert (info.value.row, info.value.column, info.value.count) == (1, 2, 2)
+    # A message alone is only a message: nothing parses it.
+    assert vl.TargetOutOfRangeError(str(error)).position is None
+    assert "import re" not in (PACKAGE / "errors.py").read_text()
+
+
+def test_every_subpackage_is_listed_for_installation():
+    listed = re.search(r"^packages = \[(.*)\]$", (ROOT / "pyproject.toml").read_text(), re.M).group(1)
+    wanted = {".".join(("validated_loss",) + path.relative_to(PACKAGE).parent.parts)
+              for path in PACKAGE.rglob("__init__.py")}
+    assert wanted == {name.strip().strip('"') for name in listed.split(",")}

@@ -50,6 +50,20 @@ def policy(validate, device):
     return validate
 
 
+def host_check(validate, device):
+    """What becomes of a status record made with torch ops (linear_cross_entropy's check of the
+    whole target), decided here once per call: "skip" (validate 'off' off the CPU: bad rows are then
+    NaN with zero gradient), "queue" (CUDA 'deferred', and 'sync' where the host cannot wait:
+    torch.compile, CUDA-graph capture) or "raise" (read on the host now: the CPU in every mode, as
+    cross_entropy; CUDA 'sync' with one wait)."""
+    if device.type != "cpu" and validate == int(_ops.Validate.OFF):
+        return "skip"
+    if device.type == "cuda" and (validate == DEFERRED or torch.compiler.is_compiling()
+                                  or torch.cuda.is_current_stream_capturing()):
+        return "queue"
+    return "raise"
+
+
 def name_next_call():
     """The next check this thread queues comes from the user's line calling the loss now. Only for
     eager calls that queue (may_queue): finding the caller costs more than the check."""

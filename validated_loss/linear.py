@@ -27,7 +27,7 @@ from . import _deferred, _ops, checks
 from . import _linear_chunked
 from ._linear_chunked import Plan, auto_chunk_rows
 from ._llm_options import llm_options
-from ._ops import VALIDATE_NAMES as VALIDATE_MODES, Reduction, Validate
+from ._ops import VALIDATE_NAMES as VALIDATE_MODES, Reduction
 from ._reference import target_status
 from ._status import STATUS_INVALID_COUNT
 from .errors import ValidatedLossError
@@ -238,17 +238,14 @@ def _check_metadata(input, linear_weight, target, weight, ignore_index, label_sm
 
 def _check_targets(target, num_classes, ignore_index, logits_shape, validate, device):
     """Out-of-range targets, over the whole target (positions are the target's, not a chunk's),
-    before any product is computed. CPU: always, as cross_entropy. CUDA: 'sync' waits for the
-    status once, 'deferred' queues it (so does 'sync' where the host cannot wait: torch.compile,
-    CUDA-graph capture), 'off' skips (bad rows are then NaN with zero gradient)."""
-    compiling = torch.compiler.is_compiling()
-    if not compiling:
+    before any product is computed; reported as _deferred.host_check decides."""
+    if not torch.compiler.is_compiling():
         _deferred.check_pending()  # an earlier call's error, in every mode (as cross_entropy)
-    if device.type != "cpu" and validate == Validate.OFF:
+    action = _deferred.host_check(validate, device)
+    if action == "skip":
         return
     status = target_status(target, num_classes, ignore_index)
-    if device.type == "cuda" and (validate == Validate.DEFERRED or compiling
-                                  or torch.cuda.is_current_stream_capturing()):
+    if action == "queue":
         _deferred.submit(status, target.shape, num_classes, ignore_index, logits_shape)
         return
     status = status.cpu()
