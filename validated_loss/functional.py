@@ -1,7 +1,7 @@
 """cross_entropy: torch's signature and semantics, one call into the fused ops.
 
 This layer only normalises arguments (legacy size_average/reduce, reduction names, 1-D inputs,
-dtype promotion of probability targets) and asks diagnostics to explain metadata misuse before
+dtype promotion of probability targets) and asks checks.py to explain metadata misuse before
 the kernel runs. Value checks (target range, non-finite logits) happen inside the kernel's own
 pass, and the op raises the package's exception classes itself, fields filled
 (csrc/python_errors.cpp), so they are the same inside torch.compile graphs; how CUDA reports them is
