@@ -191,3 +191,20 @@ def test_every_subpackage_is_listed_for_installation():
     wanted = {".".join(("validated_loss",) + path.relative_to(PACKAGE).parent.parts)
               for path in PACKAGE.rglob("__init__.py")}
     assert wanted == {name.strip().strip('"') for name in listed.split(",")}
+
+
+def test_architecture_lists_the_core_in_import_order():
+    """docs/ARCHITECTURE.md lists the core's modules so that each imports only modules below it."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    block = text[text.index("validated_loss/                  the core"):text.index("validated_loss/tools/ ")]
+    listed = [m.group(1) for m in re.finditer(r"^  (\w+)\.py ", block, re.M)]
+    core = {name for name in MODULES if "." not in name and name not in ("data", "distributed", "patching", "memory",
+                                                                         "tools", "_build_info")}
+    assert set(listed) == core
+    position = {name: i for i, name in enumerate(listed)}
+    for name in listed:
+        if name in ("__init__", "__main__"):
+            continue
+        for module, _, _, _ in _package_imports(TREES[name], name):
+            if module in position:
+                assert position[module] > position[name], f"{name}.py imports {module}, listed above it"
