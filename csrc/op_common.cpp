@@ -138,14 +138,19 @@ at::Tensor new_status(const at::Tensor& like) {
   return status;
 }
 
-// Row-major multi-index of a flat position, as "[i, j, k]".
-static std::string format_index(at::IntArrayRef sizes, int64_t position) {
+// Row-major multi-index of a flat position (a size-0 dimension counts as 1).
+static std::vector<int64_t> unravel(at::IntArrayRef sizes, int64_t position) {
   std::vector<int64_t> index(sizes.size());
   for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
     const int64_t size = std::max<int64_t>(sizes[d], 1);
     index[d] = position % size;
     position /= size;
   }
+  return index;
+}
+
+// A multi-index as "[i, j, k]".
+static std::string format_index(const std::vector<int64_t>& index) {
   std::ostringstream out;
   out << "[";
   for (size_t d = 0; d < index.size(); ++d) out << (d ? ", " : "") << index[d];
@@ -175,7 +180,7 @@ std::string invalid_target_message(at::IntArrayRef target_sizes, int64_t positio
   int64_t numel = 1;
   for (auto s : target_sizes) numel *= s;
   std::ostringstream out;
-  out << "Target " << value << " is out of bounds. target" << format_index(target_sizes, position) << " = "
+  out << "Target " << value << " is out of bounds. target" << format_index(unravel(target_sizes, position)) << " = "
       << value << " is not a class index in [0, " << num_classes << ") and is not ignore_index ("
       << ignore_index << "); " << count << " of " << numel << " targets are invalid. Likely cause: "
       << likely_cause(value, num_classes);
@@ -185,22 +190,26 @@ std::string invalid_target_message(at::IntArrayRef target_sizes, int64_t positio
 void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64_t num_classes,
                       int64_t ignore_index, at::IntArrayRef logits_sizes, const std::string& note) {
   if (status[kStatusInvalidCount] > 0) {
-    throw_target_error(invalid_target_message(target_sizes, status[kStatusInvalidPosition],
-                                              status[kStatusInvalidValue], status[kStatusInvalidCount],
+    const TargetErrorFacts facts{unravel(target_sizes, status[kStatusInvalidPosition]), status[kStatusInvalidValue],
+                                 status[kStatusInvalidCount], num_classes, ignore_index};
+    throw_target_error(invalid_target_message(target_sizes, status[kStatusInvalidPosition], facts.value, facts.count,
                                               num_classes, ignore_index) +
-                       note);
+                           note,
+                       facts);
   }
   if (status[kStatusNonFiniteCount] > 0) {
     std::vector<int64_t> rows(logits_sizes.begin(), logits_sizes.end());
     rows.erase(rows.begin() + 1);
-    throw_nonfinite_error(c10::str("Non-finite logits: input", format_index(rows, status[kStatusNonFiniteRow]),
-                                   " (row ", status[kStatusNonFiniteRow], "), class ", status[kStatusNonFiniteClass],
-                                   " is NaN or infinite; ", status[kStatusNonFiniteCount], " of ",
+    const NonFiniteFacts facts{status[kStatusNonFiniteRow], status[kStatusNonFiniteClass],
+                               status[kStatusNonFiniteCount]};
+    throw_nonfinite_error(c10::str("Non-finite logits: input", format_index(unravel(rows, facts.row)), " (row ",
+                                   facts.row, "), class ", facts.column, " is NaN or infinite; ", facts.count, " of ",
                                    c10::multiply_integers(rows), " rows hold a non-finite logit (logits shape ",
                                    logits_sizes,
                                    "). Likely cause: a diverging model (learning rate too high, no gradient "
                                    "clipping), float16 overflow without loss scaling, or NaN in the inputs.",
-                                   note));
+                                   note),
+                          facts);
   }
 }
 

@@ -31,7 +31,7 @@ _mismatch = _checked and _build_info and _torch_support.mismatch_warning(
 if _mismatch:
     _warnings.warn(_mismatch, _torch_support.TorchMismatchWarning, stacklevel=2)
 
-from . import _ops  # noqa: F401  (registers the ops, their fake kernels and autograd)
+from . import _ops, _autograd  # noqa: F401  (the ops and their fake kernels; their autograd)
 from ._deferred import check_pending as check_deferred
 from .diagnostics import *  # noqa: F401,F403  (exception classes, check_batch)
 from .diagnostics import __all__ as _diagnostics_all
@@ -39,9 +39,9 @@ from .functional import cross_entropy
 from .linear import linear_cross_entropy
 from .loss import CrossEntropyLoss, LinearCrossEntropyLoss
 from ._linear_module import LinearCrossEntropyOptions  # torch's, or the same fields where torch lacks it
-from . import data  # check_loader
-from .patching import is_patched, patch, patched, unpatch
-from .memory import empty_cache, gradient_cache_bytes, gradient_cache_disabled, set_gradient_cache_limit
+from . import data, memory, patching  # noqa: F401  (the tools' public paths: validated_loss.data, ...)
+from .tools.patching import is_patched, patch, patched, unpatch
+from .tools.memory import empty_cache, gradient_cache_bytes, gradient_cache_disabled, set_gradient_cache_limit
 
 __version__ = "0.1.0"
 

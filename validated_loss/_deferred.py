@@ -13,12 +13,12 @@ import traceback
 
 import torch
 
+from . import _ops
 from ._library import _C
-from ._ops import ops
 
-# validate= as the ops take it (csrc/ops.cpp); functional and linear use these names.
-VALIDATE_MODES = {"off": 0, "sync": 1, "deferred": 2}
-SYNC, DEFERRED = VALIDATE_MODES["sync"], VALIDATE_MODES["deferred"]
+# validate= as users spell it -> the ops' Validate codes (_ops.py mirrors csrc/ops.cpp).
+VALIDATE_MODES = _ops.VALIDATE_NAMES
+SYNC, DEFERRED = int(_ops.Validate.SYNC), int(_ops.Validate.DEFERRED)
 
 
 def _caller():
@@ -35,6 +35,33 @@ def may_queue(validate, device):
     if device.type != "cuda":
         return False
     return validate == DEFERRED or (validate == SYNC and torch.cuda.is_current_stream_capturing())
+
+
+def policy(validate, device):
+    """The validate code one call's op gets, decided here once per call (the op acts on it):
+    off, sync or deferred as asked; under torch.compile 'sync' becomes 'deferred' (a compiled graph
+    never waits: the CUDA op queues its status and checks it at the next call or backward; the CPU
+    op raises at once in every mode); under CUDA-graph capture the op itself turns 'sync' into a
+    graph slot. An eager call that will queue (may_queue) is named after the user's line first."""
+    if torch.compiler.is_compiling():
+        return DEFERRED if validate == SYNC else validate
+    if may_queue(validate, device):
+        name_next_call()
+    return validate
+
+
+def host_check(validate, device):
+    """What becomes of a status record made with torch ops (linear_cross_entropy's check of the
+    whole target), decided here once per call: "skip" (validate 'off' off the CPU: bad rows are then
+    NaN with zero gradient), "queue" (CUDA 'deferred', and 'sync' where the host cannot wait:
+    torch.compile, CUDA-graph capture) or "raise" (read on the host now: the CPU in every mode, as
+    cross_entropy; CUDA 'sync' with one wait)."""
+    if device.type != "cpu" and validate == int(_ops.Validate.OFF):
+        return "skip"
+    if device.type == "cuda" and (validate == DEFERRED or torch.compiler.is_compiling()
+                                  or torch.cuda.is_current_stream_capturing()):
+        return "queue"
+    return "raise"
 
 
 def name_next_call():
@@ -54,7 +81,7 @@ def check_pending():
         return
     if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
         return
-    ops.check_deferred()
+    _ops.check_deferred()
 
 
 @torch.compiler.disable  # names the caller: eager Python (linear_cross_entropy breaks the graph anyway)
@@ -62,7 +89,7 @@ def submit(status, target_shape, num_classes, ignore_index, logits_shape):
     """Queue a status record made outside the loss ops (linear_cross_entropy checks the whole
     target with torch ops) for the same non-blocking check."""
     name_next_call()
-    ops.deferred_submit(status, list(target_shape), num_classes, ignore_index, list(logits_shape))
+    _ops.deferred_submit(status, target_shape, num_classes, ignore_index, logits_shape)
 
 
 def pending_count():

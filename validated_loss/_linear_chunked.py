@@ -25,12 +25,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from . import _ops, _reference
+from . import _deferred, _ops, _reference
 from ._llm_options import LlmOptions
+from ._ops import LossOptions, Reduction, Validate
 
-ops = _ops.ops
-_SUM = 2
-_NONE = 0
+_SUM, _NONE = int(Reduction.SUM), int(Reduction.NONE)  # as the ops take them
 
 # Bytes of chunk logits aimed at when the caller gives no chunk size: large enough for
 # efficient matrix products (hundreds of rows at LLM vocabularies), small next to grad_weight.
@@ -99,12 +98,12 @@ class _Gradients:
 
 def _fwd_chunk(logits, target, weight, plan, reduction, grad_loss=None, grad_lse=None, with_grad=True):
     """The fused op (gradient written over `logits`) or, without gradients, the forward op."""
-    z, cap = plan.llm.lse_square_scale, plan.llm.softcap_code
+    # The targets were checked once, over the whole target, before the first chunk: no validation here.
+    o = LossOptions(reduction, plan.ignore_index, plan.label_smoothing, plan.llm.lse_square_scale,
+                    plan.llm.softcap_code, False, int(Validate.OFF))
     if with_grad:
-        return ops.cross_entropy_fwd_grad(logits, target, weight, reduction, plan.ignore_index, plan.label_smoothing,
-                                          z, cap, grad_loss, grad_lse, False, 0)
-    return ops.cross_entropy_fwd(logits, target, weight, reduction, plan.ignore_index, plan.label_smoothing, False, 0,
-                                 z, cap)
+        return _ops.forward_grad(logits, target, weight, o, grad_loss, grad_lse)
+    return _ops.forward(logits, target, weight, o)
 
 
 def _forward(input, linear_weight, linear_bias, target, weight, plan, grads: Optional[_Gradients]):
@@ -196,8 +195,6 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, grad_lse):
-        from . import _deferred
-
         _deferred.check_pending()  # validate="deferred": a bad target surfaces at backward at the latest
         plan = ctx.plan
         input, linear_weight, linear_bias, target, weight = ctx.saved_tensors
@@ -255,7 +252,7 @@ def _differentiable_backward(saved, plan, wanted, grad_loss, grad_lse):
     torch ops on the whole logits (what torch's default path differentiates): for create_graph."""
     input, linear_weight, linear_bias, target, weight = saved
     loss, lse = _reference.cross_entropy(F.linear(input, linear_weight, linear_bias), target, weight,
-                                         _reference.REDUCTIONS[plan.reduction], plan.ignore_index,
+                                         Reduction(plan.reduction).label, plan.ignore_index,
                                          plan.label_smoothing, plan.llm.lse_square_scale, plan.llm.softcap)
     outputs, grads_out = [], []
     if grad_loss is not None:

@@ -91,7 +91,7 @@ def mismatches(build, torch_version, torch_cuda, has_gpu):
 
 def _installed_source():
     """(how, where) validated_loss was installed from, per pip's record; None when not installed."""
-    from importlib import metadata
+    from importlib import metadata  # lazy: only the mismatch message and __main__ ask (import time)
 
     try:
         return source_from_direct_url(metadata.distribution(PACKAGE).read_text("direct_url.json"))
@@ -101,6 +101,7 @@ def _installed_source():
 
 def source_from_direct_url(text):
     """(how, where) from a direct_url.json (PEP 610) text; ("index", None) when there is none."""
+    # lazy: only the mismatch message and __main__ ask (import time)
     import json
     from urllib.parse import urlparse
     from urllib.request import url2pathname

@@ -1,10 +1,11 @@
 """cross_entropy: torch's signature and semantics, one call into the fused ops.
 
 This layer only normalises arguments (legacy size_average/reduce, reduction names, 1-D inputs,
-dtype promotion of probability targets) and asks diagnostics to explain metadata misuse before
+dtype promotion of probability targets) and asks checks.py to explain metadata misuse before
 the kernel runs. Value checks (target range, non-finite logits) happen inside the kernel's own
-pass, and the op raises the package's exception classes itself (csrc/python_errors.h), so they are
-the same inside torch.compile graphs; how CUDA reports them is the validate mode (_deferred.py).
+pass, and the op raises the package's exception classes itself, fields filled
+(csrc/python_errors.cpp), so they are the same inside torch.compile graphs; how CUDA reports them is
+the validate mode, decided once per call by _deferred.policy.
 """
 
 import functools
@@ -16,11 +17,11 @@ from torch.autograd import forward_ad
 from torch.nn import _reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from . import _deferred, _ops, _reference, diagnostics
-from ._deferred import VALIDATE_MODES
+from . import _deferred, _ops, _reference, checks
+from ._autocast import autocast_dtype, autocast_enabled
 from ._llm_options import NO_LLM_OPTIONS, llm_options
-from .diagnostics import nonfinite_error_from, target_error_from
-
+from ._ops import VALIDATE_NAMES as VALIDATE_MODES, LossOptions, Reduction
+from .target_range import find_out_of_range
 
 
 def cross_entropy(
@@ -66,11 +67,11 @@ def cross_entropy(
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)  # warns as torch does
     reduction_code = _reduction.get_enum(reduction)  # ValueError for unknown names, as torch
-    ignore_index, label_smoothing = _check_argument_types(input, target, weight, ignore_index, label_smoothing)
+    ignore_index, label_smoothing = check_argument_types(input, target, weight, ignore_index, label_smoothing)
     if validate not in VALIDATE_MODES:
         raise ValueError(f"validate must be one of {sorted(VALIDATE_MODES)}, got {validate!r}")
     llm = llm_options(lse_square_scale, softcap, return_lse)
-    mode = diagnostics.check_inputs(input, target, weight, ignore_index, label_smoothing)
+    mode = checks.check_inputs(input, target, weight, ignore_index, label_smoothing)
     if mode == "probs" and llm.any:
         raise NotImplementedError("lse_square_scale, softcap and return_lse need class-index targets; "
                                   "this target has the input's shape (class probabilities)")
@@ -80,7 +81,7 @@ def cross_entropy(
     # torch's autocast runs cross_entropy under its fp32 policy: float32 results from half and
     # bfloat16 operands. Our kernels read those as they are, accumulate in float32 anyway and
     # write a float32 loss (acc_loss): no float32 copy of the logits.
-    autocast = diagnostics.autocast_enabled(input)
+    autocast = autocast_enabled(input)
     if not torch.compiler.is_compiling():
         _deferred.check_pending()  # an earlier call's bad target surfaces here at the latest (never waits)
 
@@ -94,7 +95,7 @@ def cross_entropy(
     # is its check.
     inplace_backward = bool(inplace_backward) and not torch.compiler.is_compiling()
     if inplace_backward:
-        diagnostics.check_inplace_backward(input)
+        checks.check_inplace_backward(input)
     return _class_index_loss(input, target, weight, reduction_code, ignore_index, label_smoothing, check_finite,
                              VALIDATE_MODES[validate], llm, acc_loss=autocast, inplace_backward=inplace_backward)
 
@@ -104,7 +105,7 @@ def _autocast_to_float32(autocast, *tensors):
     float64 left alone), for the paths that hand them to torch's ops rather than our kernels."""
     if not autocast:
         return tensors
-    return tuple(t if t is None else t.to(diagnostics.autocast_dtype(t)) for t in tensors)
+    return tuple(t if t is None else t.to(autocast_dtype(t)) for t in tensors)
 
 
 def _needs_torch_composite(input, target):
@@ -119,8 +120,8 @@ def _needs_torch_composite(input, target):
     return any(forward_ad.unpack_dual(t).tangent is not None for t in (input, target))
 
 
-def _check_argument_types(input, target, weight, ignore_index, label_smoothing):
-    """The TypeErrors torch's argument parser raises, with its wording."""
+def check_argument_types(input, target, weight, ignore_index, label_smoothing):
+    """The TypeErrors torch's argument parser raises, with its wording (distributed's loss too)."""
     for position, (name, value) in enumerate((("input", input), ("target", target)), start=1):
         if not isinstance(value, torch.Tensor):
             raise TypeError(f"cross_entropy_loss(): argument '{name}' (position {position}) must be Tensor, "
@@ -170,26 +171,13 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
     one_dim = input.dim() == 1  # (C,) logits with a () or (1,) target: one row
     logits = input.unsqueeze(0) if one_dim else _addressable(input)
     rows = target.reshape(1) if one_dim else target
-    eager = not torch.compiler.is_compiling()
-    if not eager and validate == VALIDATE_MODES["sync"]:
-        # A compiled graph must not wait for the device: the CUDA op queues the status and checks
-        # it at the next call or backward (the CPU op raises at once in every mode).
-        validate = VALIDATE_MODES["deferred"]
-    if eager and _deferred.may_queue(validate, logits.device):
-        _deferred.name_next_call()  # the op queues this call's status: it is named after the user's line
-    try:
-        loss, row_stats, _, _ = _ops.ops.cross_entropy_fwd(logits, rows, weight, reduction, ignore_index,
-                                                           label_smoothing, check_finite, validate,
-                                                           llm.lse_square_scale, llm.softcap_code, acc_loss,
-                                                           inplace_backward)
-    except IndexError as error:
-        raise target_error_from(error, ignore_index) from None
-    except ValueError as error:
-        raise nonfinite_error_from(error) from None
-    loss = loss.reshape(()) if one_dim and reduction == 0 else loss
+    options = LossOptions(reduction, ignore_index, label_smoothing, llm.lse_square_scale, llm.softcap_code,
+                          check_finite, _deferred.policy(validate, logits.device))
+    loss, row_stats, _, _ = _ops.forward(logits, rows, weight, options, acc_loss, inplace_backward)
+    loss = loss.reshape(()) if one_dim and reduction == Reduction.NONE else loss
     if not llm.return_lse:
         return loss
-    # max + log_sum: autograd routes its gradient into the op's backward (see _ops._fwd_backward).
+    # max + log_sum: autograd routes its gradient into the op's backward (see _autograd._fwd_backward).
     return loss, (row_stats[:, 0] + row_stats[:, 1]).reshape(target.shape)
 
 
@@ -197,7 +185,7 @@ def _probability_loss(input, target, weight, reduction, label_smoothing, check_f
     # torch computes in result_type(input, target[, weight]) (under autocast: of the float32 its
     # fp32 policy makes of half and bfloat16 operands); promote (a no-op when they agree).
     operands = (input, target) if weight is None else (input, target, weight)
-    dtype = functools.reduce(torch.promote_types, (diagnostics.autocast_dtype(t) for t in operands))
+    dtype = functools.reduce(torch.promote_types, (autocast_dtype(t) for t in operands))
     # Autocast with half or bfloat16 logits and targets of that same dtype: the kernel reads both
     # as they are (weights are read in float32 anyway) and writes a float32 loss. Mixed dtypes
     # are cast to the promoted one, as torch does.
@@ -207,27 +195,23 @@ def _probability_loss(input, target, weight, reduction, label_smoothing, check_f
         weight = weight.to(dtype) if weight is not None else None
     one_dim = input.dim() == 1
     logits, probs = (input.unsqueeze(0), target.unsqueeze(0)) if one_dim else (_addressable(input), _addressable(target))
-    if check_finite and not torch.compiler.is_compiling() and _deferred.may_queue(_deferred.SYNC, logits.device):
-        _deferred.name_next_call()  # check_finite is 'sync' here; under capture the op queues it
-    try:
-        loss, _, _ = _ops.ops.cross_entropy_prob_fwd(logits, probs, weight, reduction, label_smoothing, check_finite,
-                                                     direct)
-    except ValueError as error:
-        raise nonfinite_error_from(error) from None
-    return loss.reshape(()) if one_dim and reduction == 0 else loss
+    if check_finite:
+        _deferred.policy(_deferred.SYNC, logits.device)  # check_finite is 'sync' here; under capture the op queues it
+    loss, _, _ = _ops.prob_forward(logits, probs, weight, reduction, label_smoothing, check_finite, direct)
+    return loss.reshape(()) if one_dim and reduction == Reduction.NONE else loss
 
 
 def _torch_fallback(input, target, weight, reduction, ignore_index, label_smoothing, mode, llm=None):
     """A device with no kernel of ours (mps, xpu, ...) or a transform our ops do not support: the
     same checks, then torch computes."""
     if mode == "index":
-        error = diagnostics._find_out_of_range(input, target, ignore_index)
+        error = find_out_of_range(input, target, ignore_index)
         if error is not None:
             raise error
     if llm is not None and llm.any:
-        loss, lse = _reference.cross_entropy(input, target, weight, _ops.REDUCTION_NAMES[reduction], ignore_index,
+        loss, lse = _reference.cross_entropy(input, target, weight, Reduction(reduction).label, ignore_index,
                                              label_smoothing, llm.lse_square_scale, llm.softcap)
         return (loss, lse.to(_ops.accumulate_dtype(input.dtype))) if llm.return_lse else loss
     # torch's function captured at import: torch.nn.functional.cross_entropy is ours while patched.
-    return _ops.torch_cross_entropy(input, target, weight, ignore_index=ignore_index,
-                                    reduction=_ops.REDUCTION_NAMES[reduction], label_smoothing=label_smoothing)
+    return _reference.torch_cross_entropy(input, target, weight, ignore_index=ignore_index,
+                                          reduction=Reduction(reduction).label, label_smoothing=label_smoothing)

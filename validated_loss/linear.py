@@ -23,12 +23,15 @@ import torch.nn.functional as F
 from torch.nn import _reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from . import _deferred, _ops, diagnostics
+from . import _deferred, _ops, checks
 from . import _linear_chunked
 from ._linear_chunked import Plan, auto_chunk_rows
 from ._llm_options import llm_options
+from ._ops import VALIDATE_NAMES as VALIDATE_MODES, Reduction
+from ._reference import target_status
 from ._status import STATUS_INVALID_COUNT
-from .functional import VALIDATE_MODES, cross_entropy, float_argument, int_argument
+from .errors import ValidatedLossError
+from .functional import cross_entropy, float_argument, int_argument
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -104,7 +107,7 @@ def linear_cross_entropy(
                 bool(getattr(options, "allow_retain_graph", False)))
     loss, lse = _run_chunked(x, linear_weight, linear_bias, rows.contiguous(), weight, plan)
     loss = loss.to(result_dtype)
-    if one_dim and reduction_code == 0:
+    if one_dim and reduction_code == Reduction.NONE:
         loss = loss.reshape(())
     return (loss, lse.reshape(target.shape)) if llm.return_lse else loss
 
@@ -224,8 +227,8 @@ def _check_metadata(input, linear_weight, target, weight, ignore_index, label_sm
     then says what 'input' stands for."""
     stand_in = input.new_empty((1,)).as_strided(logits_shape, (0,) * len(logits_shape))
     try:
-        diagnostics.check_inputs(stand_in, target, weight, ignore_index, label_smoothing)
-    except diagnostics.ValidatedLossError as error:
+        checks.check_inputs(stand_in, target, weight, ignore_index, label_smoothing)
+    except ValidatedLossError as error:
         note = (f"\n(linear_cross_entropy: 'input' above is the logits input @ linear_weight.T, shape "
                 f"{tuple(logits_shape)}; input has shape {tuple(input.shape)}, linear_weight "
                 f"{tuple(linear_weight.shape)})")
@@ -235,23 +238,17 @@ def _check_metadata(input, linear_weight, target, weight, ignore_index, label_sm
 
 def _check_targets(target, num_classes, ignore_index, logits_shape, validate, device):
     """Out-of-range targets, over the whole target (positions are the target's, not a chunk's),
-    before any product is computed. CPU: always, as cross_entropy. CUDA: 'sync' waits for the
-    status once, 'deferred' queues it (so does 'sync' where the host cannot wait: torch.compile,
-    CUDA-graph capture), 'off' skips (bad rows are then NaN with zero gradient)."""
-    compiling = torch.compiler.is_compiling()
-    if not compiling:
+    before any product is computed; reported as _deferred.host_check decides."""
+    if not torch.compiler.is_compiling():
         _deferred.check_pending()  # an earlier call's error, in every mode (as cross_entropy)
-    if device.type != "cpu" and validate == VALIDATE_MODES["off"]:
+    action = _deferred.host_check(validate, device)
+    if action == "skip":
         return
-    status = diagnostics.target_status(target, num_classes, ignore_index)
-    if device.type == "cuda" and (validate == VALIDATE_MODES["deferred"] or compiling
-                                  or torch.cuda.is_current_stream_capturing()):
+    status = target_status(target, num_classes, ignore_index)
+    if action == "queue":
         _deferred.submit(status, target.shape, num_classes, ignore_index, logits_shape)
         return
     status = status.cpu()
     if int(status[STATUS_INVALID_COUNT]) <= 0:
         return
-    try:
-        _ops.ops.raise_for_status(status, list(target.shape), num_classes, ignore_index, list(logits_shape))
-    except IndexError as error:
-        raise diagnostics.target_error_from(error, ignore_index) from None
+    _ops.raise_for_status(status, target.shape, num_classes, ignore_index, logits_shape)
