@@ -4,7 +4,9 @@ What the kernels compute (csrc/xent_row.h), as a differentiable torch graph: the
 without our kernels, the second-order gradients of our ops, linear_cross_entropy's create_graph
 backward, and the tests' reference. Also the probability-target loss (the class-weight gradient and
 second order of that path), and the kernels' status record for the targets (target_status), which
-the tools and devices without our kernels use to find out-of-range targets.
+the tools and devices without our kernels use to find out-of-range targets. And the same loss and
+gradient from a row's statistics (its max, log-sum and target logit) instead of the whole row:
+vocab_parallel_cross_entropy, whose rows are split across ranks, meets only those.
 """
 
 import torch
@@ -54,6 +56,59 @@ def cross_entropy(logits, target, weight=None, reduction="mean", ignore_index=-1
             total_weight = torch.where(kept, weight.to(z.dtype)[torch.where(kept, target, 0)], 0).sum()
         z_sum = z_sum / total_weight
     return loss + z_sum.to(loss.dtype), lse
+
+
+def row_loss_from_stats(log_sum, target_minus_max, smooth_sum, w_target, counted, label_smoothing, sum_weight,
+                        num_classes):
+    """Each row's loss from its statistics against a reference m (the row max): log_sum =
+    log sum_c exp(x_c - m), target_minus_max = x_y - m, smooth_sum = sum_c w_c (x_c - m) (read with
+    label smoothing only), w_target = weight[y] (1 without weights), sum_weight = sum_c w_c
+    (num_classes without weights). xent_row.h's index_row_loss with lse = m + log_sum; ignored
+    rows (counted False) 0."""
+    loss = w_target * (log_sum - target_minus_max)
+    if label_smoothing > 0:
+        smooth = sum_weight * log_sum - smooth_sum
+        loss = (1 - label_smoothing) * loss + (label_smoothing / num_classes) * torch.where(counted, smooth, 0.0)
+    return torch.where(counted, loss, 0.0)
+
+
+def reduce_rows(loss, total_weight, reduction):
+    """The reduction of per-row losses: 'none' as is, 'sum', 'mean' over the total weight (0 / 0 is
+    NaN, as torch's)."""
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return torch.where(total_weight != 0, loss.sum() / total_weight, float("nan"))
+
+
+def gradient_from_stats(x, row_max, log_sum, scale, w_target, label_smoothing, sum_weight, num_classes,
+                        class_weight=None, target_index=None, has_target=None):
+    """d loss / d x of rows whose (max, log_sum) are known (xent_row.h's grad_element):
+    scale_r * (S_r softmax_c - a_c), in one float buffer of x's shape (N, C, d1..dk) in row_max's
+    dtype. softmax from (row_max, log_sum), which may cover more classes than x holds (a rank's
+    shard). scale: per row (R,), 0 for ignored rows. class_weight: this x's classes' weights (or
+    None). target_index: each row's target as an index into x's classes where has_target, else
+    ignored (another rank holds it). The smoothing share eps / num_classes * w_c of every class
+    and the target's share (1 - eps) * w_y come off the softmax term."""
+    rows = (x.shape[0], 1) + tuple(x.shape[2:])
+    classes = (1, -1) + (1,) * (x.dim() - 2)
+    target_mass = (1 - label_smoothing) * w_target if label_smoothing > 0 else w_target
+    mass = target_mass + (label_smoothing / num_classes) * sum_weight if label_smoothing > 0 else target_mass
+    grad = x - row_max.view(rows)  # promoted to acc: bf16/fp16 logits get a float32 buffer
+    if grad.dtype != row_max.dtype:
+        grad = grad.to(row_max.dtype)
+    grad.sub_(log_sum.view(rows)).exp_().mul_((scale * mass).view(rows))
+    if label_smoothing > 0:
+        share = (scale * (label_smoothing / num_classes)).view(rows)
+        if class_weight is not None:
+            grad.addcmul_(share, class_weight.view(classes), value=-1.0)
+        else:
+            grad.sub_(share)
+    if target_index is not None and x.shape[1] > 0 and target_index.numel() > 0:
+        grad.scatter_add_(1, torch.where(has_target, target_index, 0).view(rows),
+                          torch.where(has_target, -scale * target_mass, 0.0).view(rows))
+    return grad
 
 
 def probability_cross_entropy(logits, target, weight=None, reduction="mean", label_smoothing=0.0):

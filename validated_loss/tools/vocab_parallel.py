@@ -8,8 +8,10 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from .. import _ops
+from .. import _ops, _reference
 from .._ops import Reduction
+
+_REDUCTION_NAMES = {Reduction.NONE: "none", Reduction.MEAN: "mean", Reduction.SUM: "sum"}
 
 
 def _local_lse(x, acc):
@@ -85,19 +87,13 @@ class VocabParallelCrossEntropy(torch.autograd.Function):
         safe_y = torch.where(counted, y, 0)
         w_target = weight.to(acc)[safe_y] if weight is not None else torch.ones_like(row_max)
         w_target = torch.where(counted, w_target, 0.0)
-        loss = w_target * (log_sum - target_minus_max)
-        if eps > 0:
-            sum_weight = weight.to(acc).sum() if weight is not None else float(num_classes)
-            smooth = sum_weight * log_sum - stats[:, 2]
-            loss = (1 - eps) * loss + (eps / num_classes) * torch.where(counted, smooth, 0.0)
-        loss = torch.where(counted, loss, 0.0)
+        sum_weight = weight.to(acc).sum() if weight is not None else float(num_classes)
+        loss = _reference.row_loss_from_stats(log_sum, target_minus_max, stats[:, 2] if eps > 0 else None, w_target,
+                                              counted, eps, sum_weight, num_classes)
         total_weight = w_target.sum()
+        out = _reference.reduce_rows(loss, total_weight, _REDUCTION_NAMES[Reduction(reduction)])
         if reduction == Reduction.NONE:
-            out = loss.reshape(() if logits.dim() == 1 else rows_shape)
-        elif reduction == Reduction.SUM:
-            out = loss.sum()
-        else:
-            out = torch.where(total_weight != 0, loss.sum() / total_weight, float("nan"))  # 0/0 as torch
+            out = out.reshape(() if logits.dim() == 1 else rows_shape)
 
         ctx.save_for_backward(logits, y, weight, row_max, log_sum, w_target, total_weight)
         ctx.args = (offset, num_classes, reduction, ignore_index, eps)
@@ -123,27 +119,11 @@ class VocabParallelCrossEntropy(torch.autograd.Function):
         else:
             scale = torch.where(total_weight != 0, g / total_weight, float("nan")).expand(y.shape)
         scale = torch.where(counted, scale, 0.0)
-        mass = (1 - eps) * w_target if eps > 0 else w_target
-        if eps > 0:
-            sum_weight = weight.to(acc).sum() if weight is not None else float(num_classes)
-            mass = mass + (eps / num_classes) * sum_weight
-
-        # k * (S * softmax_c - a_c), in one buffer: softmax from the global (max, log_sum).
-        grad = x - _rows_view(row_max, x)  # promoted to acc: bf16/fp16 logits get a float32 buffer
-        if grad.dtype != acc:
-            grad = grad.to(acc)
-        grad.sub_(_rows_view(log_sum, x)).exp_().mul_(_rows_view(scale * mass, x))
-        if eps > 0:
-            share = _rows_view(scale * (eps / num_classes), x)
-            if weight is not None:
-                grad.addcmul_(share, _class_view(weight[offset:offset + classes].to(acc), x), value=-1.0)
-            else:
-                grad.sub_(share)
+        sum_weight = weight.to(acc).sum() if weight is not None else float(num_classes)
+        class_weight = weight[offset:offset + classes].to(acc) if weight is not None and eps > 0 else None
         here = counted & (y >= offset) & (y < offset + classes)
-        if classes > 0 and y.numel() > 0:
-            target_mass = (1 - eps) * w_target if eps > 0 else w_target
-            grad.scatter_add_(1, _rows_view(torch.where(here, y - offset, 0), x),
-                              _rows_view(torch.where(here, -scale * target_mass, 0.0), x))
+        grad = _reference.gradient_from_stats(x, row_max, log_sum, scale, w_target, eps, sum_weight, num_classes,
+                                              class_weight, y - offset, here)
         grad.masked_fill_(~_rows_view(counted, x), 0.0)  # ignored rows: exactly zero, as torch
         grad = grad.to(logits.dtype)
         if logits.dim() == 1:
