@@ -1,6 +1,6 @@
 // The CUDA ops: check the contract (op_common), allocate outputs, launch the torch-free kernels
 // (kernel_api.h) on the current stream. What happens to a forward's status record, by validate
-// mode (the 'sync' wait, the 'deferred' queue, CUDA-graph capture), is deferred.cu's
+// mode (the 'sync' wait, the 'deferred' queue, CUDA-graph capture), is validation/validation.h's
 // report_status; every op first raises an earlier call's error whose record has reached the host
 // (check_earlier_calls), so deferred errors surface at the next call or backward even when no
 // Python runs around the op (torch.compile).
@@ -9,10 +9,9 @@
 #include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
-#include "../deferred.h"
 #include "../op_common.h"
 #include "../status.h"
-#include "deferred_cuda.h"
+#include "../validation/validation.h"
 #include "device_runtime.h"
 #include "kernel_api.h"
 
