@@ -89,7 +89,7 @@ void index_grad_row(const scalar_t* row, int64_t x_stride, scalar_t* grow, int64
 // The forward over rows [r0, r1) of a reduction block; `fused`: each row's gradient right after
 // its scan, while the row is still in cache.
 template <typename scalar_t, typename acc_t>
-void index_forward_chunked(const IndexRows<scalar_t, acc_t>& a, const ForwardOutputs& out, const FusedGrad* fused,
+void index_forward_chunked(const IndexRows<scalar_t, acc_t> a, const ForwardOutputs& out, const FusedGrad* fused,
                            int64_t r0, int64_t r1, ForwardTotals& part) {
   const RowGeometry& g = a.g;
   const int64_t C = g.num_classes;
@@ -103,10 +103,10 @@ void index_forward_chunked(const IndexRows<scalar_t, acc_t>& a, const ForwardOut
     if (tg.kind == kTargetValid) {
       const RowScan<acc_t> scan = scan_row<scalar_t, acc_t>(row, g.class_stride, nullptr, 0, C, a.w, has_smoothing(a.k),
                                                             out.check_finite, xbuf, nullptr, a.k.softcap, next_row);
-      f = RowForward<acc_t>{row_lse(scan.lse), scan.ref, loss_logit(a.k, static_cast<acc_t>(row[tg.y * g.class_stride])),
-                            scan.sums, scan.nonfinite_class};
+      const acc_t x_y = loss_logit(a.k, static_cast<acc_t>(row[tg.y * g.class_stride]));
+      f = RowForward<acc_t>{row_lse(scan.lse), scan.ref, x_y, scan.sums, scan.nonfinite_class};
     }
-    const RowResult<acc_t> res = record_index_row(a, out, r, tg, f, part);
+    const RowResult<acc_t> res = record_index_row<scalar_t>(a.k, a.w, out, r, tg, f, part);
     if (!fused) continue;
     scalar_t* grow = static_cast<scalar_t*>(fused->grad.data) + row_offset(fused->grad.geo, r);
     if (res.kind == kTargetValid) {

@@ -188,7 +188,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
   const LogitsView x = view_of(logits);
   check_rows_tensor(grad_lse, x.geo.num_rows, "grad_lse");
   // 'sum' comes back in the accumulate dtype (a linear layer's chunks add these up).
-  const ForwardTensors o = empty_forward_outputs(logits, reduction, loss_dtype(logits.scalar_type(), reduction != kReductionNone));
+  const ForwardTensors o =
+      empty_forward_outputs(logits, reduction, loss_dtype(logits.scalar_type(), reduction != kReductionNone));
   const ScaleHolder scale =
       grad_scale(fwd_grad_loss(grad_loss, logits, reduction, x.geo.num_rows), reduction, 1.0, logits, acc, grad_lse);
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};

@@ -52,13 +52,13 @@ void lane_lse(const acc_t* buf, int64_t num_classes, acc_t* max_out, acc_t* log_
 
 // The forward of rows first..min(first + L, end) - 1, one per lane.
 template <typename scalar_t, typename acc_t>
-void index_forward_lane_group(const IndexRows<scalar_t, acc_t>& a, const ForwardOutputs& out, int64_t first,
+VL_ROW_INLINE void index_forward_lane_group(const IndexRows<scalar_t, acc_t> a, const ForwardOutputs& out, int64_t first,
                               int64_t end, ForwardTotals& part) {
   using Vec = Vectorized<acc_t>;
   constexpr int L = Vec::size();
   const RowGeometry& g = a.g;
   const int64_t C = g.num_classes;
-  const LossConstants<acc_t>& k = a.k;
+  const LossConstants<acc_t> k = a.k;
   alignas(64) acc_t buf[kLaneRowsMaxClasses * L];
   int64_t offsets[L];
   const int n = lane_offsets<acc_t>(g, first, end, offsets);
@@ -85,13 +85,13 @@ void index_forward_lane_group(const IndexRows<scalar_t, acc_t>& a, const Forward
       f.x_y = buf[tg.y * L + l];
       f.sums = RowSums<acc_t>{has_smoothing(k) ? swd[l] : acc_t(0), 0, 0};
     }
-    record_index_row(a, out, first + l, tg, f, part);
+    record_index_row<scalar_t>(k, a.w, out, first + l, tg, f, part);
   }
 }
 
 // The forward over rows [r0, r1) of a reduction block.
 template <typename scalar_t, typename acc_t>
-void index_forward_lanes(const IndexRows<scalar_t, acc_t>& a, const ForwardOutputs& out, int64_t r0, int64_t r1,
+void index_forward_lanes(const IndexRows<scalar_t, acc_t> a, const ForwardOutputs& out, int64_t r0, int64_t r1,
                          ForwardTotals& part) {
   constexpr int L = Vectorized<acc_t>::size();
   for (int64_t first = r0; first < r1; first += L) index_forward_lane_group(a, out, first, r1, part);

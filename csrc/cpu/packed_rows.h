@@ -49,7 +49,7 @@ namespace CPU_CAPABILITY {
 // vector path when `lane_groups` (the options allow it) and the group is the common case, else
 // one row per lane as lane_rows.h does.
 template <typename scalar_t, typename acc_t>
-void index_forward_packed(const IndexRows<scalar_t, acc_t>& a, const ForwardOutputs& out, bool lane_groups,
+void index_forward_packed(const IndexRows<scalar_t, acc_t> a, const ForwardOutputs& out, bool lane_groups,
                           int64_t r0, int64_t r1, ForwardTotals& part) {
   constexpr int L = Vectorized<acc_t>::size();
   LaneGroupForward<scalar_t> groups(a.x, a.g.num_rows, a.g.num_classes, a.t, out, r1);

@@ -94,7 +94,8 @@ acc_t row_lse_grad(const GradScale& g, int64_t r) {
   return g.lse_grad ? static_cast<const acc_t*>(g.lse_grad)[r] : acc_t(0);
 }
 
-// The logits, targets and loss constants of a class-index pass, as every row path reads them.
+// The logits, targets and loss constants of a class-index pass, as every row path reads them
+// (passed by value: a row path's own copy, kept in registers across its stores).
 template <typename scalar_t, typename acc_t = acc_type<scalar_t>>
 struct IndexRows {
   const scalar_t* x;
@@ -122,7 +123,7 @@ struct RowTarget {
   TargetKind kind;
 };
 
-inline RowTarget row_target(const IndexTargets& t, int64_t r, int64_t num_classes) {
+VL_ROW_INLINE RowTarget row_target(const IndexTargets& t, int64_t r, int64_t num_classes) {
   const int64_t y = read_target(t, r);
   return {y, classify_target(y, num_classes, t.ignore_index)};
 }
@@ -148,9 +149,10 @@ struct RowResult {
 };
 
 // Records row r's loss, lse and status into the outputs and the block's totals. `f` is only read
-// for a valid target.
+// for a valid target. k and w by value: the caller's copies, which no store to the outputs can
+// change (a reference would be reloaded after each float store).
 template <typename scalar_t, typename acc_t>
-RowResult<acc_t> record_index_row(const IndexRows<scalar_t, acc_t>& a, const ForwardOutputs& out, int64_t r,
+VL_ROW_INLINE RowResult<acc_t> record_index_row(const LossConstants<acc_t> k, const acc_t* w, const ForwardOutputs& out, int64_t r,
                                   RowTarget tg, const RowForward<acc_t>& f, ForwardTotals& part) {
   acc_t loss = 0;
   RowLse<acc_t> lse{0, 0};
@@ -160,11 +162,11 @@ RowResult<acc_t> record_index_row(const IndexRows<scalar_t, acc_t>& a, const For
     loss = NAN;
     lse = RowLse<acc_t>{NAN, NAN};
   } else if (tg.kind == kTargetValid) {
-    const acc_t w_y = a.w ? a.w[tg.y] : acc_t(1);
+    const acc_t w_y = w ? w[tg.y] : acc_t(1);
     note_nonfinite(part, r, f.nonfinite_class);
     lse = f.lse;
     x_y = f.x_y;
-    loss = index_row_loss(a.k, lse, f.ref, x_y, w_y, f.sums);
+    loss = index_row_loss(k, lse, f.ref, x_y, w_y, f.sums);
     part.total_weight += w_y;
   }
   part.loss_sum += loss;
