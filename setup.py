@@ -237,8 +237,8 @@ def extension(torch):
         cxx += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1", "-g"]
         link += [f"-fsanitize={sanitize}"]
     sources = [f"{CSRC}/ops.cpp", f"{CSRC}/op_common.cpp", f"{CSRC}/cpu/cross_entropy.cpp",
-               f"{CSRC}/cpu/gradient_buffer.cpp", f"{CSRC}/python_errors.cpp", f"{CSRC}/deferred_queue.cpp",
-               f"{CSRC}/graph_slots.cpp", f"{CSRC}/deferred.cpp", f"{CSRC}/deferred_python.cpp"]
+               f"{CSRC}/cpu/gradient_buffer.cpp", f"{CSRC}/python_errors.cpp"]
+    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC / "validation").glob("*.cpp"))
     sources += [kernel_source(c) for c in CAPABILITIES]
     cuda_home = cuda_toolkit(cpp_extension.CUDA_HOME)
     cuda, cuda_note = cuda_plan(torch, cuda_home)
@@ -253,7 +253,9 @@ def extension(torch):
         )
     else:
         nvcc = ["-O3", "-lineinfo", "-Xptxas=-v", "--expt-relaxed-constexpr", "-Werror=all-warnings"]
-        sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC / "cuda").glob("*.cu"))
+        # The ops and kernels, and validation's CUDA side (the status queue's events, graph slots).
+        for folder in ("cuda", "validation"):
+            sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC / folder).glob("*.cu"))
         ext = cpp_extension.CUDAExtension(
             "validated_loss._C", sources, include_dirs=nvidia_include_dirs(torch),
             extra_compile_args={"cxx": cxx + ["-DVALIDATED_LOSS_CUDA"], "nvcc": nvcc}, extra_link_args=link,

@@ -6,8 +6,7 @@
 
 #include <ATen/MemoryOverlap.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full.h>
-#include <ATen/ops/scalar_tensor.h>
+#include <ATen/ops/ones.h>
 #include <c10/util/Exception.h>
 #include <c10/util/StringUtil.h>
 #include <torch/library.h>
@@ -124,18 +123,73 @@ at::Tensor weights_for_kernel(const std::optional<at::Tensor>& weight, at::Scala
   return weight->reshape({-1}).to(acc_dtype).contiguous();
 }
 
-at::Tensor narrowed_scalar(double value, const at::TensorOptions& options) {
-  const at::ScalarType dtype = options.dtype().toScalarType();
-  if (dtype == at::kDouble) return at::scalar_tensor(value, options);
-  // at::scalar_tensor refuses a finite value past the dtype's range; static_cast and the tensor
-  // cast round it to inf.
-  const at::Tensor f = at::scalar_tensor(static_cast<float>(value), options.dtype(at::kFloat));
-  return dtype == at::kFloat ? f : f.to(dtype);
+const void* data_or_null(const at::Tensor& t) {
+  return t.defined() ? t.const_data_ptr() : nullptr;
 }
 
-at::Tensor new_status(const at::Tensor& like) {
-  auto status = at::full({kStatusSize}, -1, like.options().dtype(at::kLong));
-  return status;
+ForwardTensors empty_forward_outputs(const at::Tensor& logits, int64_t reduction, at::ScalarType loss_dtype) {
+  const at::TensorOptions acc = logits.options().dtype(accumulate_dtype(logits.scalar_type()));
+  const at::TensorOptions loss = logits.options().dtype(loss_dtype);
+  ForwardTensors o;
+  o.loss = reduction == kReductionNone ? at::empty(rows_shape(logits), loss) : at::empty({}, loss);
+  o.lse = at::empty({make_row_geometry(logits).num_rows, 2}, acc);
+  o.total_weight = at::empty({}, acc);
+  o.status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
+  return o;
+}
+
+at::Tensor saved_lse(const at::Tensor& lse, const at::Tensor& logits, at::ScalarType acc_dtype, int64_t num_rows) {
+  TORCH_CHECK(lse.numel() == 2 * num_rows, "validated_loss: lse must hold {max, log_sum} for each of the ", num_rows,
+              " rows, got shape ", lse.sizes());
+  return lse.to(logits.device(), acc_dtype).contiguous();
+}
+
+void check_grad_loss(const at::Tensor& grad_loss, int64_t reduction, int64_t num_rows) {
+  if (reduction == kReductionNone) {
+    TORCH_CHECK(grad_loss.numel() == num_rows, "validated_loss: grad_output must hold one value per row (",
+                num_rows, "), got shape ", grad_loss.sizes());
+  } else {
+    TORCH_CHECK(grad_loss.numel() == 1, "validated_loss: grad_output of a reduced loss must be a scalar, got shape ",
+                grad_loss.sizes());
+  }
+}
+
+at::Tensor rows_for_kernel(const std::optional<at::Tensor>& t, const at::Tensor& logits, at::ScalarType acc_dtype) {
+  if (!t.has_value() || !t->defined()) return at::Tensor();
+  return t->to(logits.device(), acc_dtype).contiguous();
+}
+
+at::Tensor fwd_grad_loss(const std::optional<at::Tensor>& grad_loss, const at::Tensor& logits, int64_t reduction,
+                         int64_t num_rows) {
+  if (!grad_loss.has_value() || !grad_loss->defined()) {
+    return at::ones(reduction == kReductionNone ? at::IntArrayRef(rows_shape(logits)) : at::IntArrayRef{},
+                    logits.options().dtype(accumulate_dtype(logits.scalar_type())));
+  }
+  TORCH_CHECK(grad_loss->numel() == (reduction == kReductionNone ? num_rows : 1),
+              "validated_loss: grad_loss must hold one value per row for 'none', one for 'sum'; got ",
+              grad_loss->sizes());
+  return *grad_loss;
+}
+
+void store_narrowed(const at::Tensor& scalar, double value) {
+  // static_cast rounds a finite value past float's range to inf, as the tensor cast does
+  // (at::scalar_tensor and fill_ would refuse it).
+  switch (scalar.scalar_type()) {
+    case at::kDouble:
+      *scalar.mutable_data_ptr<double>() = value;
+      return;
+    case at::kFloat:
+      *scalar.mutable_data_ptr<float>() = static_cast<float>(value);
+      return;
+    case at::kHalf:
+      *scalar.mutable_data_ptr<at::Half>() = static_cast<at::Half>(static_cast<float>(value));
+      return;
+    case at::kBFloat16:
+      *scalar.mutable_data_ptr<at::BFloat16>() = static_cast<at::BFloat16>(static_cast<float>(value));
+      return;
+    default:
+      TORCH_CHECK(false, "validated_loss: no loss of dtype ", scalar.scalar_type());
+  }
 }
 
 // Row-major multi-index of a flat position (a size-0 dimension counts as 1).

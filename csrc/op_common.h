@@ -49,13 +49,39 @@ std::vector<int64_t> rows_shape(const at::Tensor& logits);
 // Class weights as a contiguous accumulate-dtype vector (C floats), or an undefined tensor.
 at::Tensor weights_for_kernel(const std::optional<at::Tensor>& weight, at::ScalarType acc_dtype);
 
-// A 0-dim tensor holding a double total (a loss sum, a total weight) in `options`' dtype, rounded as
-// a tensor cast rounds: past the dtype's range it is inf, as torch's own reductions give (a
-// diverging model's loss scaler must see inf, not a "cannot be converted" error).
-at::Tensor narrowed_scalar(double value, const at::TensorOptions& options);
+// The tensor's data, or nullptr when it is undefined (an absent optional operand).
+const void* data_or_null(const at::Tensor& t);
 
-// An int64[kStatusSize] record on `device` with "nothing found" in every field.
-at::Tensor new_status(const at::Tensor& like);
+// The forward ops' outputs, allocated here for every backend:
+//   loss          rows_shape(logits) for reduction 'none', else a 0-dim tensor; `loss_dtype`
+//   lse           (num_rows, 2): each row's {max, log_sum}, in the accumulate dtype
+//   total_weight  0-dim, accumulate dtype (the probability op returns none)
+//   status        int64[kStatusSize] (status.h), every field written by the op
+struct ForwardTensors {
+  at::Tensor loss, lse, total_weight, status;
+};
+ForwardTensors empty_forward_outputs(const at::Tensor& logits, int64_t reduction, at::ScalarType loss_dtype);
+
+// A backward's saved lse operand: {max, log_sum} of each of num_rows rows, in the accumulate dtype
+// on the logits' device, contiguous.
+at::Tensor saved_lse(const at::Tensor& lse, const at::Tensor& logits, at::ScalarType acc_dtype, int64_t num_rows);
+
+// grad_output's contract: one value per row for 'none', one for a reduced loss.
+void check_grad_loss(const at::Tensor& grad_loss, int64_t reduction, int64_t num_rows);
+
+// An optional per-row operand (grad_lse; a 'none' grad_output) as the kernels read it: the
+// accumulate dtype on the logits' device, contiguous; undefined when absent.
+at::Tensor rows_for_kernel(const std::optional<at::Tensor>& t, const at::Tensor& logits, at::ScalarType acc_dtype);
+
+// cross_entropy_fwd_grad's grad_loss: the caller's (checked), or ones (one per row for 'none', a
+// scalar for 'sum') in the accumulate dtype.
+at::Tensor fwd_grad_loss(const std::optional<at::Tensor>& grad_loss, const at::Tensor& logits, int64_t reduction,
+                         int64_t num_rows);
+
+// Writes a double total (a loss sum, a total weight) into a 0-dim tensor, rounded as a tensor cast
+// rounds: past the dtype's range it is inf, as torch's own reductions give (a diverging model's loss
+// scaler must see inf, not a "cannot be converted" error). Host memory only.
+void store_narrowed(const at::Tensor& scalar, double value);
 
 // Raise the error a status record describes, if any: TargetOutOfRangeError (an IndexError) for
 // targets, NonFiniteLogitsError (a ValueError) for non-finite logits (python_errors.h). `status`

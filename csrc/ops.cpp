@@ -12,7 +12,7 @@
 //   status      int64[6]: first invalid target (flat position, value), invalid count, first
 //               non-finite logit (row, class), non-finite count; -1 positions when none.
 //   validate    0 off, 1 sync, 2 deferred (CUDA; the CPU always raises at once). 1 is taken as 2
-//               while the stream is being captured into a CUDA graph (see cuda/deferred.cu).
+//               while the stream is being captured into a CUDA graph (see validation/deferred_cuda.cu).
 //   lse_square_scale  z-loss: + scale * lse^2 per counted row, inside the reduction (0: none).
 //   softcap     logits replaced by softcap * tanh(x / softcap) before the softmax (0: none).
 //               Both are class-index options (xent_row.h says how they enter loss and gradient).
@@ -26,12 +26,12 @@
 #include <torch/library.h>
 
 namespace validated_loss {
-PyMethodDef* deferred_python_methods();  // deferred_python.cpp
+PyMethodDef* deferred_python_methods();  // validation/deferred_python.cpp
 }
 
 // `import validated_loss._C` loads this library, which registers the ops below; every op is
 // reached through torch.ops.validated_loss. The module itself holds only deferred validation's
-// host-state functions (deferred_python.cpp).
+// host-state functions (validation/deferred_python.cpp).
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
                                validated_loss::deferred_python_methods()};
@@ -70,7 +70,7 @@ TORCH_LIBRARY(validated_loss, m) {
       "cross_entropy_prob_bwd(Tensor grad_loss, Tensor logits, Tensor target, Tensor? weight, "
       "Tensor lse, int reduction, float label_smoothing, bool target_grad) "
       "-> (Tensor grad_logits, Tensor grad_target)");
-  // Deferred validation (csrc/deferred.h). Queues a status record made outside the loss ops
+  // Deferred validation (csrc/validation/deferred.h). Queues a status record made outside the loss ops
   // (linear_cross_entropy's whole-target check) to be checked at the next call or backward:
   // CUDA copies it behind an event (under capture: into a slot the graph publishes into).
   m.def(

@@ -1,10 +1,10 @@
-"""Builds the emulated-CUDA library: validated_loss._C with csrc/cuda/*.cu compiled as host C++
-against csrc/cuda_emu, registered for CPU tensors (see validated_loss/_library.py).
+"""Builds the emulated-CUDA library: validated_loss._C with csrc/cuda/*.cu and csrc/validation/*.cu
+compiled as host C++ against csrc/cuda_emu, registered for CPU tensors (see validated_loss/_library.py).
 
     python scripts/build_cuda_emu.py [--out DIR] [--sanitize] [--kernels-from DIR] [--temp DIR]
 
 Prints the path of the built library. --sanitize builds with AddressSanitizer and
-UndefinedBehaviorSanitizer; --kernels-from takes csrc/cuda/*.cu (and the headers they include)
+UndefinedBehaviorSanitizer; --kernels-from takes the .cu files (and the headers they include)
 from another copy of csrc (the deliberately broken kernels of scripts/cuda_emu_mutants.py), the
 rest from this tree; --temp shares object files with another build (the mutants reuse the plain
 build's). Incremental: ninja rebuilds only what changed.
@@ -21,8 +21,11 @@ from torch.utils import cpp_extension
 ROOT = Path(__file__).resolve().parent.parent
 
 # The host code every build shares, the CUDA ops and kernels, the emulation.
-HOST_SOURCES = ["ops.cpp", "op_common.cpp", "python_errors.cpp", "deferred_queue.cpp", "graph_slots.cpp",
-                "deferred.cpp", "deferred_python.cpp", "cpu/gradient_buffer.cpp"]
+HOST_SOURCES = ["ops.cpp", "op_common.cpp", "python_errors.cpp", "validation/deferred_queue.cpp",
+                "validation/graph_slots.cpp", "validation/deferred.cpp", "validation/deferred_python.cpp",
+                "cpu/gradient_buffer.cpp"]
+# The CUDA source: the ops and kernels, and validation's CUDA side.
+CU_DIRS = ["cuda", "validation"]
 EMU_SOURCES = ["cuda_emu/block_run.cpp", "cuda_emu/fiber.cpp", "cuda_emu/runtime.cpp", "cuda_emu/emu_ops.cpp"]
 
 
@@ -32,7 +35,7 @@ def wrapper_sources(csrc, out):
     wrappers = out / "cu_as_cpp"
     wrappers.mkdir(parents=True, exist_ok=True)
     paths = []
-    for cu in sorted((csrc / "cuda").glob("*.cu")):
+    for cu in sorted(cu for d in CU_DIRS for cu in (csrc / d).glob("*.cu")):
         path = wrappers / (cu.stem + ".cpp")
         text = f'#include "{cu}"\n'
         if not path.exists() or path.read_text() != text:

@@ -51,7 +51,7 @@ find validated_loss -maxdepth 1 -name '*.py' ! -name '_build_info.py' -exec cp -
 echo "cuda_check: nvcc $("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), torch $("$PY" -c 'import torch; print(torch.__version__)'), archs $TORCH_CUDA_ARCH_LIST, $MAX_JOBS jobs"
 # The CUDA objects are always rebuilt, so that build.log holds ptxas's report for every kernel
 # (the CPU objects are reused when unchanged).
-rm -f "$OUT"/temp/csrc/cuda/*.o
+rm -f "$OUT"/temp/csrc/cuda/*.o "$OUT"/temp/csrc/validation/deferred_cuda.o "$OUT"/temp/csrc/validation/status_publish.o
 start=$(date +%s)
 # The log keeps every ptxas report (register counts, spills) for the checks below.
 ( cd "$SRC" && "$PY" setup.py build_ext --inplace --build-temp "$OUT/temp" ) > "$OUT/build.log" 2>&1 || {

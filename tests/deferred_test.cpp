@@ -1,4 +1,4 @@
-// The rules of deferred validation (csrc/deferred_queue.h, graph_slots.h, status_slot.h), run on
+// The rules of deferred validation (csrc/validation/deferred_queue.h, graph_slots.h, status_slot.h), run on
 // the host with stand-ins for the GPU: a flag for a CUDA event, plain memory for a mapped pinned
 // slot, a host call of publish_status for the graph's one-thread kernel. Built with a plain host
 // compiler by tests/test_deferred.py (no torch, no nvcc, no GPU).
@@ -9,9 +9,9 @@
 #include <string>
 #include <vector>
 
-#include "deferred_queue.h"
-#include "graph_slots.h"
-#include "status_slot.h"
+#include "validation/deferred_queue.h"
+#include "validation/graph_slots.h"
+#include "validation/status_slot.h"
 
 using namespace validated_loss;
 

@@ -126,13 +126,13 @@ def test_cpu_calls_raise_at_once_in_every_mode():
 
 
 ROOT = Path(__file__).resolve().parent.parent
-RULES = ["tests/deferred_test.cpp", "csrc/deferred_queue.cpp", "csrc/graph_slots.cpp"]
+RULES = ["tests/deferred_test.cpp", "csrc/validation/deferred_queue.cpp", "csrc/validation/graph_slots.cpp"]
 
 
 @pytest.mark.parametrize("flags", [["-O2"], ["-O1", "-fsanitize=undefined,address", "-fno-sanitize-recover=all"]],
                          ids=["plain", "sanitized"])
 def test_queue_and_slot_rules_on_the_host(tmp_path, flags):
-    """The queue's and the graph slots' rules (csrc/deferred_queue.h, graph_slots.h), torch-free,
+    """The queue's and the graph slots' rules (csrc/validation/deferred_queue.h, graph_slots.h), torch-free,
     with stand-ins for CUDA events and mapped pinned memory."""
     cxx = shutil.which("c++") or shutil.which("g++")
     if cxx is None:

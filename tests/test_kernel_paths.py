@@ -1,6 +1,6 @@
 """Each CPU kernel path at its edges, against torch.
 
-The kernels pick a path by layout and class count (csrc/cpu/kernels.h): packed short rows
+The kernels pick a path by layout and class count (csrc/cpu/row_path.h): packed short rows
 (contiguous (N, C), C <= 64), rows in SIMD lanes (C <= 64 with a strided class dimension), and
 chunked rows (C > 64, chunks of 2048 classes). These cases sit on the boundaries between them and
 on the packed path's block edges (blocks of 2048 // C rows), where an off-by-one would show.

@@ -1,6 +1,6 @@
 """Deferred validation: bad targets found on a GPU are reported later, without ever waiting on it.
 
-The CUDA forward op queues its own status record (csrc/deferred.h, cuda/deferred.cu): a copy to
+The CUDA forward op queues its own status record (csrc/validation/deferred.h, validation/deferred_cuda.cu): a copy to
 pinned memory behind an event, or, while a CUDA graph is being captured, a slot that every replay
 of the graph publishes a bad record into. It is the op that does it because under torch.compile
 this Python code runs once, at trace time, not per call; for the same reason the CUDA ops check

@@ -36,7 +36,7 @@ _REDUCTION_LABELS = {Reduction.NONE: "none", Reduction.MEAN: "mean", Reduction.S
 
 
 class Validate(enum.IntEnum):
-    """The ops' `validate` argument (csrc/ops.cpp documents it; cuda/deferred.cu acts on it)."""
+    """The ops' `validate` argument (csrc/ops.cpp documents it; csrc/validation/deferred_cuda.cu acts on it)."""
     OFF = 0
     SYNC = 1
     DEFERRED = 2

@@ -5,7 +5,6 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/ones.h>
 #include <torch/library.h>
 
 #include "../op_common.h"
@@ -52,44 +51,38 @@ LogitsView view_of(const Tensor& t) {
 
 LossOptions options_of(const Tensor& weight_acc, double label_smoothing, int64_t reduction, double z_scale = 0,
                        double softcap = 0) {
-  return LossOptions{weight_acc.defined() ? weight_acc.const_data_ptr() : nullptr, label_smoothing, reduction,
-                     z_scale, softcap};
+  return LossOptions{data_or_null(weight_acc), label_smoothing, reduction, z_scale, softcap};
 }
 
-// The per-row losses a 'none' forward writes (loss_dtype), else undefined.
-Tensor new_loss_rows(const Tensor& logits, int64_t reduction, at::ScalarType dtype) {
-  return reduction == kReductionNone ? at::empty(rows_shape(logits), logits.options().dtype(dtype)) : Tensor();
+// Where the kernels write a forward's per-row results: the 'none' losses and the lse.
+ForwardOutputs forward_outputs(const ForwardTensors& o, int64_t reduction, bool check_finite, const Tensor& logits) {
+  const bool rows = reduction == kReductionNone;
+  return ForwardOutputs{rows ? o.loss.mutable_data_ptr() : nullptr, o.lse.mutable_data_ptr(), check_finite,
+                        rows && o.loss.scalar_type() != logits.scalar_type()};
 }
 
-// The reduced loss as a 0-dim tensor of `dtype` (loss_dtype), or the per-row losses.
-Tensor reduced_loss(const ForwardTotals& totals, int64_t reduction, double mean_divisor, bool smoothing,
-                    const Tensor& loss_rows, const Tensor& logits, at::ScalarType dtype) {
-  if (reduction == kReductionNone) return loss_rows;
-  double value = totals.loss_sum;
-  if (reduction == kReductionMean) {
-    value = accumulate_dtype(logits.scalar_type()) == at::kDouble
-                ? mean_loss<double>(totals.loss_sum, mean_divisor, smoothing)
-                : mean_loss<float>(totals.loss_sum, mean_divisor, smoothing);
-  }
-  return narrowed_scalar(value, logits.options().dtype(dtype));
-}
-
-Tensor status_of(const ForwardTotals& totals, const Tensor& logits) {
-  Tensor status = new_status(logits);
-  int64_t* s = status.mutable_data_ptr<int64_t>();
+// What the kernels' totals give the outputs once the loop is done: the status record, the reduced
+// loss (mean divided by `mean_divisor`) and the total weight. Raises for a bad target or logit.
+void finish_forward(const ForwardTotals& totals, const ForwardTensors& o, int64_t reduction, double mean_divisor,
+                    bool smoothing, const Tensor& logits, const Tensor& target, int64_t ignore_index) {
+  int64_t* s = o.status.mutable_data_ptr<int64_t>();
   s[kStatusInvalidPosition] = totals.invalid.position;
   s[kStatusInvalidValue] = totals.invalid.value;
   s[kStatusInvalidCount] = totals.invalid.count;
   s[kStatusNonFiniteRow] = totals.nonfinite_row;
   s[kStatusNonFiniteClass] = totals.nonfinite_class;
   s[kStatusNonFiniteCount] = totals.nonfinite_count;
-  return status;
-}
-
-ForwardOutputs forward_outputs(const Tensor& loss_rows, const Tensor& lse, bool check_finite, const Tensor& logits) {
-  const bool rows = loss_rows.defined();
-  return ForwardOutputs{rows ? loss_rows.mutable_data_ptr() : nullptr, lse.mutable_data_ptr(), check_finite,
-                        rows && loss_rows.scalar_type() != logits.scalar_type()};
+  raise_for_status(s, target.sizes(), logits.size(1), ignore_index, logits.sizes());
+  if (reduction != kReductionNone) {
+    double value = totals.loss_sum;
+    if (reduction == kReductionMean) {
+      value = accumulate_dtype(logits.scalar_type()) == at::kDouble
+                  ? mean_loss<double>(totals.loss_sum, mean_divisor, smoothing)
+                  : mean_loss<float>(totals.loss_sum, mean_divisor, smoothing);
+    }
+    store_narrowed(o.loss, value);
+  }
+  store_narrowed(o.total_weight, totals.total_weight);
 }
 
 // grad_output as the kernels want it: per row for 'none', else one scalar (divided by the total
@@ -100,19 +93,17 @@ struct ScaleHolder {
 };
 
 // grad_lse: the gradient of each row's returned lse (one per row), or undefined.
-ScaleHolder grad_scale(const Tensor& grad_loss, int64_t reduction, double total_weight, at::ScalarType acc,
-                       const std::optional<Tensor>& grad_lse = std::nullopt) {
+ScaleHolder grad_scale(const Tensor& grad_loss, int64_t reduction, double total_weight, const Tensor& logits,
+                       at::ScalarType acc, const std::optional<Tensor>& grad_lse = std::nullopt) {
   ScaleHolder h;
   if (reduction == kReductionNone) {
-    h.per_row = grad_loss.to(acc).contiguous();
+    h.per_row = rows_for_kernel(grad_loss, logits, acc);
     h.scale = GradScale{h.per_row.const_data_ptr(), 0.0};
   } else {
     h.scale = GradScale{nullptr, reduction_scale<double>(reduction, grad_loss.item<double>(), total_weight)};
   }
-  if (grad_lse.has_value() && grad_lse->defined()) {
-    h.lse_grad = grad_lse->to(acc).contiguous();
-    h.scale.lse_grad = h.lse_grad.const_data_ptr();
-  }
+  h.lse_grad = rows_for_kernel(grad_lse, logits, acc);
+  h.scale.lse_grad = data_or_null(h.lse_grad);
   return h;
 }
 
@@ -132,18 +123,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& l
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
   const Tensor w = weights_for_kernel(weight, acc);
-  const LogitsView x = view_of(logits);
-  const Tensor lse = at::empty({x.geo.num_rows, 2}, logits.options().dtype(acc));
-  const auto out_dtype = loss_dtype(logits.scalar_type(), acc_loss);
-  const Tensor loss_rows = new_loss_rows(logits, reduction, out_dtype);
+  const ForwardTensors o = empty_forward_outputs(logits, reduction, loss_dtype(logits.scalar_type(), acc_loss));
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   const ForwardTotals totals =
-      kernels().index_forward(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
-                              forward_outputs(loss_rows, lse, check_finite, logits));
-  const Tensor status = status_of(totals, logits);
-  raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
-  return {reduced_loss(totals, reduction, totals.total_weight, label_smoothing > 0, loss_rows, logits, out_dtype), lse,
-          narrowed_scalar(totals.total_weight, logits.options().dtype(acc)), status};
+      kernels().index_forward(view_of(logits), t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
+                              forward_outputs(o, reduction, check_finite, logits));
+  finish_forward(totals, o, reduction, totals.total_weight, label_smoothing > 0, logits, target, ignore_index);
+  return {o.loss, o.lse, o.total_weight, o.status};
 }
 
 // The class-index gradient: into a fresh tensor, or (in_place) over the logits themselves, which
@@ -159,8 +145,9 @@ Tensor index_backward(const Tensor& grad_loss, const Tensor& logits, const Tenso
   const Tensor w = weights_for_kernel(weight, acc);
   const LogitsView x = view_of(logits);
   check_rows_tensor(grad_lse, x.geo.num_rows, "grad_lse");
-  const Tensor lse_c = lse.to(acc).contiguous();
-  const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight.item<double>(), acc, grad_lse);
+  check_grad_loss(grad_loss, reduction, x.geo.num_rows);
+  const Tensor lse_c = saved_lse(lse, logits, acc, x.geo.num_rows);
+  const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight.item<double>(), logits, acc, grad_lse);
   const Tensor grad = in_place ? logits : empty_gradient_like(logits);
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   kernels().index_backward(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
@@ -200,23 +187,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
   const Tensor w = weights_for_kernel(weight, acc);
   const LogitsView x = view_of(logits);
   check_rows_tensor(grad_lse, x.geo.num_rows, "grad_lse");
-  const Tensor lse = at::empty({x.geo.num_rows, 2}, logits.options().dtype(acc));
-  const Tensor loss_rows = new_loss_rows(logits, reduction, logits.scalar_type());
-  const Tensor ones = at::ones(reduction == kReductionNone ? at::IntArrayRef(rows_shape(logits)) : at::IntArrayRef{},
-                               logits.options().dtype(acc));
-  const Tensor& g = grad_loss.has_value() && grad_loss->defined() ? *grad_loss : ones;
-  TORCH_CHECK(g.numel() == (reduction == kReductionNone ? x.geo.num_rows : 1),
-              "validated_loss: grad_loss must hold one value per row for 'none', one for 'sum'; got ", g.sizes());
-  const ScaleHolder scale = grad_scale(g, reduction, 1.0, acc, grad_lse);
+  // 'sum' comes back in the accumulate dtype (a linear layer's chunks add these up).
+  const ForwardTensors o =
+      empty_forward_outputs(logits, reduction, loss_dtype(logits.scalar_type(), reduction != kReductionNone));
+  const ScaleHolder scale =
+      grad_scale(fwd_grad_loss(grad_loss, logits, reduction, x.geo.num_rows), reduction, 1.0, logits, acc, grad_lse);
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   const ForwardTotals totals =
       kernels().index_forward_grad(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
-                                   forward_outputs(loss_rows, lse, check_finite, logits), scale.scale,
+                                   forward_outputs(o, reduction, check_finite, logits), scale.scale,
                                    grad_output_of(logits));
-  const Tensor status = status_of(totals, logits);
-  raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, ignore_index, logits.sizes());
-  const Tensor loss = reduction == kReductionNone ? loss_rows : narrowed_scalar(totals.loss_sum, lse.options());
-  return {loss, lse, narrowed_scalar(totals.total_weight, logits.options().dtype(acc)), status};
+  finish_forward(totals, o, reduction, 1.0, false, logits, target, ignore_index);  // no 'mean' here
+  return {o.loss, o.lse, o.total_weight, o.status};
 }
 
 std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cpu(const Tensor& logits, const Tensor& target,
@@ -227,18 +209,14 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cpu(const Tensor& logi
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor w = weights_for_kernel(weight, acc);
   const LogitsView x = view_of(logits);
-  const Tensor lse = at::empty({x.geo.num_rows, 2}, logits.options().dtype(acc));
-  const auto out_dtype = loss_dtype(logits.scalar_type(), acc_loss);
-  const Tensor loss_rows = new_loss_rows(logits, reduction, out_dtype);
+  const ForwardTensors o = empty_forward_outputs(logits, reduction, loss_dtype(logits.scalar_type(), acc_loss));
   const ForwardTotals totals = kernels().prob_forward(x, view_of(target), options_of(w, label_smoothing, reduction),
-                                                     forward_outputs(loss_rows, lse, check_finite, logits));
-  const Tensor status = status_of(totals, logits);
-  raise_for_status(status.const_data_ptr<int64_t>(), target.sizes(), x.geo.num_classes, -100, logits.sizes());
+                                                     forward_outputs(o, reduction, check_finite, logits));
   // Torch's mean over probability targets divides by the number of rows, never by weights.
   // label smoothing plays no part in that divisor.
-  return {reduced_loss(totals, reduction, prob_mean_divisor(x.geo.num_rows, x.geo.num_classes), false, loss_rows,
-                       logits, out_dtype),
-          lse, status};
+  finish_forward(totals, o, reduction, prob_mean_divisor(x.geo.num_rows, x.geo.num_classes), false, logits, target,
+                 -100);
+  return {o.loss, o.lse, o.status};
 }
 
 std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cpu(const Tensor& grad_loss, const Tensor& logits,
@@ -248,9 +226,10 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cpu(const Tensor& grad_loss, c
   check_prob_op_args(logits, target, weight, reduction);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor w = weights_for_kernel(weight, acc);
-  const Tensor lse_c = lse.to(acc).contiguous();
   const LogitsView x = view_of(logits);
-  const ScaleHolder scale = grad_scale(grad_loss, reduction, static_cast<double>(x.geo.num_rows), acc);
+  const Tensor lse_c = saved_lse(lse, logits, acc, x.geo.num_rows);
+  check_grad_loss(grad_loss, reduction, x.geo.num_rows);
+  const ScaleHolder scale = grad_scale(grad_loss, reduction, static_cast<double>(x.geo.num_rows), logits, acc);
   Tensor grad_x = empty_gradient_like(logits);
   Tensor grad_q = target_grad ? at::empty_like(target) : at::empty({0}, logits.options());
   const GradOutput gq = target_grad ? grad_output_of(grad_q) : GradOutput{};

@@ -1,7 +1,7 @@
 // Small class counts, packed rows (a contiguous (N, C) tensor with C <= kLaneRowsMaxClasses): the
 // common case of a group of L = Vectorized<acc_t>::size() consecutive rows, done whole in vectors.
 //
-// Included by kernels.h (after the helpers it uses: row_exp, exp_finite_row, read_target,
+// Included by packed_rows.h (after the helpers it uses: row_exp, exp_finite_row, read_target,
 // store_row_loss, load_chunk, fill_padded_block, kLaneRowsMaxClasses), not on its own.
 //
 // Why: the rows-in-lanes kernels spend most of a short row on scalar work, ~20 scalar moves to

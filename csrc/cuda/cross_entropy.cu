@@ -1,19 +1,17 @@
 // The CUDA ops: check the contract (op_common), allocate outputs, launch the torch-free kernels
 // (kernel_api.h) on the current stream. What happens to a forward's status record, by validate
-// mode (the 'sync' wait, the 'deferred' queue, CUDA-graph capture), is deferred.cu's
+// mode (the 'sync' wait, the 'deferred' queue, CUDA-graph capture), is validation/validation.h's
 // report_status; every op first raises an earlier call's error whose record has reached the host
 // (check_earlier_calls), so deferred errors surface at the next call or backward even when no
 // Python runs around the op (torch.compile).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/ones.h>
 #include <torch/library.h>
 
-#include "../deferred.h"
 #include "../op_common.h"
 #include "../status.h"
-#include "deferred_cuda.h"
+#include "../validation/validation.h"
 #include "device_runtime.h"
 #include "kernel_api.h"
 
@@ -43,10 +41,6 @@ View view_of(const Tensor& t) {
 
 MutableView mutable_view_of(Tensor& t) {
   return MutableView{t.mutable_data_ptr(), make_row_indexer(make_row_geometry(t))};
-}
-
-const void* data_or_null(const Tensor& t) {
-  return t.defined() ? t.const_data_ptr() : nullptr;
 }
 
 // Class weights as the kernels read them (kernel_api.h): the user's tensor itself when it holds
@@ -112,15 +106,12 @@ struct ScaleHolder {
 
 ScaleHolder grad_scale(const Tensor& grad_loss, int64_t reduction, const Tensor& total_weight, int64_t num_rows,
                        const Tensor& logits, at::ScalarType acc) {
+  check_grad_loss(grad_loss, reduction, num_rows);
   ScaleHolder h;
   if (reduction == kReductionNone) {
-    TORCH_CHECK(grad_loss.numel() == num_rows, "validated_loss: grad_output must hold one value per row (",
-                num_rows, "), got shape ", grad_loss.sizes());
     h.per_row = grad_loss.to(logits.device(), acc).contiguous();
     h.args = GradScaleArgs{h.per_row.const_data_ptr(), nullptr, nullptr, static_cast<double>(num_rows)};
   } else {
-    TORCH_CHECK(grad_loss.numel() == 1, "validated_loss: grad_output of a reduced loss must be a scalar, got shape ",
-                grad_loss.sizes());
     h.scalar = grad_loss.to(logits.device(), at::kDouble).contiguous();
     if (total_weight.defined()) {
       TORCH_CHECK(total_weight.numel() == 1, "validated_loss: total_weight must be a scalar");
@@ -132,31 +123,14 @@ ScaleHolder grad_scale(const Tensor& grad_loss, int64_t reduction, const Tensor&
   return h;
 }
 
-// The forward's saved {max, log_sum} per row.
-Tensor saved_lse(const Tensor& lse, const Tensor& logits, at::ScalarType acc, int64_t num_rows) {
-  TORCH_CHECK(lse.numel() == 2 * num_rows, "validated_loss: lse must hold {max, log_sum} for each of the ", num_rows,
-              " rows, got shape ", lse.sizes());
-  return lse.to(logits.device(), acc).contiguous();
-}
-
 // The class-index forward: loss, lse, total weight and status (loss_acc: the loss, reduced or per
 // row, in the accumulate dtype instead of the logits').
-struct IndexForwardOut {
-  Tensor loss, lse, total_weight, status;
-};
-
-IndexForwardOut index_forward(const Tensor& logits, const Tensor& target, const Weights& w, int64_t reduction,
+ForwardTensors index_forward(const Tensor& logits, const Tensor& target, const Weights& w, int64_t reduction,
                               int64_t ignore_index, double label_smoothing, bool check_finite, double z_scale,
                               double softcap, bool loss_acc, cudaStream_t stream) {
-  const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
   const View x = view_of(logits);
-  IndexForwardOut o;
-  o.lse = at::empty({x.ix.num_rows, 2}, logits.options().dtype(acc));
-  const auto loss_options = logits.options().dtype(loss_dtype(logits.scalar_type(), loss_acc));
-  o.loss = reduction == kReductionNone ? at::empty(rows_shape(logits), loss_options) : at::empty({}, loss_options);
-  o.total_weight = at::empty({}, logits.options().dtype(acc));
-  o.status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
+  const ForwardTensors o = empty_forward_outputs(logits, reduction, loss_dtype(logits.scalar_type(), loss_acc));
   const DType dtype = dtype_of(logits.scalar_type());
   const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix, /*prob=*/false)}, logits.options().dtype(at::kByte));
   IndexForward a{};
@@ -190,12 +164,6 @@ void index_backward(const ScaleHolder& scale, const Tensor& logits, const Tensor
   VL_CUDA_CHECK(index_backward_launch(a, stream));
 }
 
-// The per-row lse gradient in the accumulate dtype on the logits' device, or undefined.
-Tensor lse_grad_of(const std::optional<Tensor>& grad_lse, const Tensor& logits, at::ScalarType acc) {
-  if (!grad_lse.has_value() || !grad_lse->defined()) return Tensor();
-  return grad_lse->to(logits.device(), acc).contiguous();
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& logits, const Tensor& target,
                                                                   const std::optional<Tensor>& weight,
                                                                   int64_t reduction, int64_t ignore_index,
@@ -211,7 +179,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& 
   const cudaStream_t stream = current_stream();
   check_earlier_calls(stream);
   const Weights w = weights_of(weight, logits, label_smoothing, stream);
-  const IndexForwardOut o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
+  const ForwardTensors o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
                                           lse_square_scale, softcap, acc_loss, stream);
   report_status(validate, o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes(),
                 std::move(origin));
@@ -237,7 +205,7 @@ Tensor index_backward_op(const Tensor& grad_loss, const Tensor& logits, const Te
   const ScaleHolder scale = grad_scale(grad_loss, reduction, total_weight, num_rows, logits, acc);
   Tensor grad = in_place ? logits : at::empty_like(logits);
   index_backward(scale, logits, target, w, lse_c, reduction, ignore_index, label_smoothing, lse_square_scale, softcap,
-                 lse_grad_of(grad_lse, logits, acc), grad, stream);
+                 rows_for_kernel(grad_lse, logits, acc), grad, stream);
   return grad;
 }
 
@@ -277,14 +245,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
   const Weights w = weights_of(weight, logits, label_smoothing, stream);
   const int64_t num_rows = make_row_geometry(logits).num_rows;
   check_rows_tensor(grad_lse, num_rows, "grad_lse");
-  const IndexForwardOut o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
+  const ForwardTensors o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
                                           lse_square_scale, softcap, reduction != kReductionNone, stream);
-  const Tensor ones = at::ones(reduction == kReductionNone ? at::IntArrayRef(rows_shape(logits)) : at::IntArrayRef{},
-                               logits.options().dtype(acc));
-  const Tensor& g = grad_loss.has_value() && grad_loss->defined() ? *grad_loss : ones;
-  const ScaleHolder scale = grad_scale(g, reduction, Tensor(), num_rows, logits, acc);
+  const ScaleHolder scale =
+      grad_scale(fwd_grad_loss(grad_loss, logits, reduction, num_rows), reduction, Tensor(), num_rows, logits, acc);
   index_backward(scale, logits, target, w, o.lse, reduction, ignore_index, label_smoothing, lse_square_scale, softcap,
-                 lse_grad_of(grad_lse, logits, acc), logits, stream);
+                 rows_for_kernel(grad_lse, logits, acc), logits, stream);
   report_status(validate, o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes(),
                 std::move(origin));
   return {o.loss, o.lse, o.total_weight, o.status};
@@ -302,22 +268,20 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& log
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Weights w = weights_of(weight, logits, label_smoothing, stream);
   const View x = view_of(logits);
-  const Tensor lse = at::empty({x.ix.num_rows, 2}, logits.options().dtype(acc));
-  const auto loss_options = logits.options().dtype(loss_dtype(logits.scalar_type(), acc_loss));
-  const Tensor loss = reduction == kReductionNone ? at::empty(rows_shape(logits), loss_options)
-                                                  : at::empty({}, loss_options);
-  const Tensor status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
+  const ForwardTensors o = empty_forward_outputs(logits, reduction, loss_dtype(logits.scalar_type(), acc_loss));
   const DType dtype = dtype_of(logits.scalar_type());
   const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix, /*prob=*/true)}, logits.options().dtype(at::kByte));
   ProbForward a{};
-  a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, loss, lse, workspace, Tensor(), status);
+  // No total weight: torch's mean over probability targets divides by the number of rows.
+  a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, o.loss, o.lse, workspace, Tensor(),
+                     o.status);
   a.q = view_of(target);
   VL_CUDA_CHECK(prob_forward_launch(a, stream));
   // Probability targets have no value to validate; only check_finite can fill the status (the
   // schema has no validate argument: check_finite=True implies 'sync').
-  report_status(check_finite ? 1 : 0, status, stream, target.sizes(), x.ix.num_classes, -100, logits.sizes(),
+  report_status(check_finite ? 1 : 0, o.status, stream, target.sizes(), x.ix.num_classes, -100, logits.sizes(),
                 std::move(origin));
-  return {loss, lse, status};
+  return {o.loss, o.lse, o.status};
 }
 
 std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cuda(const Tensor& grad_loss, const Tensor& logits,

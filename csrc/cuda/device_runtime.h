@@ -1,6 +1,6 @@
 // What the CUDA ops' host code needs from torch's CUDA runtime, in one place, so that the same op
-// code (cross_entropy.cu, deferred.cu) also runs in the emulated build (csrc/cuda_emu), where the
-// ops serve CPU tensors and the kernels execute on the CPU:
+// code (cross_entropy.cu, validation/deferred_cuda.cu) also runs in the emulated build
+// (csrc/cuda_emu), where the ops serve CPU tensors and the kernels execute on the CPU:
 //   current_stream()          torch's current CUDA stream / the emulation's per-thread stream
 //   DeviceGuard               c10::cuda::CUDAGuard / nothing (one "device")
 //   CaptureModeGuard          c10::cuda::CUDAStreamCaptureModeGuard / the same over the emulation

@@ -133,9 +133,4 @@ cudaError_t prob_backward_launch(const ProbBackward& a, cudaStream_t stream);
 cudaError_t finalize_launch(const ForwardArgs& f, int64_t num_blocks, bool mean_over_rows, int64_t num_rows,
                             cudaStream_t stream);
 
-// Deferred validation under CUDA-graph capture: one thread publishes a bad `status` into `slot`,
-// mapped pinned host memory, unless it holds an unread record (status_slot.h). Captured after
-// the forward, it runs at every replay.
-cudaError_t publish_status_launch(const int64_t* status, int64_t* slot, cudaStream_t stream);
-
 }  // namespace validated_loss::cuda

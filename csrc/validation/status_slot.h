@@ -16,7 +16,7 @@
 #include <atomic>
 #include <cstdint>
 
-#include "status.h"
+#include "../status.h"
 
 #if defined(__CUDACC__)
 #define SLOT_HD __host__ __device__ __forceinline__

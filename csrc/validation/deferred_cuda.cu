@@ -2,7 +2,7 @@
 // CUDA-graph capture, the graph status slots. The rules (what is checked when, which error wins)
 // are in the torch-free deferred_queue.h and graph_slots.h; this file only gives them CUDA events
 // and pinned memory. Nothing here waits for the GPU except 'sync' outside a capture.
-#include "deferred_cuda.h"
+#include "validation.h"
 
 #include <atomic>
 #include <cstring>
@@ -13,14 +13,17 @@
 
 #include <torch/library.h>
 
-#include "../deferred.h"
+#include "deferred.h"
 #include "../op_common.h"
 #include "../status.h"
-#include "../status_slot.h"
-#include "device_runtime.h"
-#include "kernel_api.h"
+#include "../cuda/device_runtime.h"
+#include "status_publish.h"
+#include "status_slot.h"
 
 namespace validated_loss::cuda {
+
+bool capturing(cudaStream_t stream);
+
 namespace {
 
 bool current_stream_capturing() {

@@ -1,8 +1,9 @@
 // The kernel a captured forward adds to its graph: the status record's hand-off to the host
 // (status_slot.h says how the slot is shared). One thread: six words.
-#include "../status_slot.h"
-#include "kernel_api.h"
-#include "launch.cuh"
+#include "status_publish.h"
+
+#include "../cuda/launch.cuh"
+#include "status_slot.h"
 
 namespace validated_loss::cuda {
 namespace {

@@ -1,5 +1,7 @@
-// What the CUDA ops do with a forward's status record, by validate mode, and the check of earlier
-// calls' records at their start (cuda/deferred.cu). ATen-level, GPU-only.
+// Validation as the loss ops see it: all the CUDA ops' host code calls (the CPU ops call none of
+// it: they raise at once through op_common's raise_for_status). What is behind it (the status
+// queue, the graph slots and their publish kernel, the state the Python layer reaches through
+// validated_loss._C) lives in this folder and nowhere else; deferred_cuda.cu implements this.
 #pragma once
 
 #include <string>
@@ -7,9 +9,9 @@
 #include <ATen/core/Tensor.h>
 #include <cuda_runtime_api.h>
 
-namespace validated_loss::cuda {
+#include "call_origin.h"  // take_call_origin(): first thing in an op that reports a status
 
-bool capturing(cudaStream_t stream);
+namespace validated_loss::cuda {
 
 // First thing in every CUDA op: raises an earlier call's error whose record has reached the host
 // (never waits). Nothing while `stream` is being captured: an error raised there would abort the

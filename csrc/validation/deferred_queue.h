@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "status.h"
+#include "../status.h"
 
 namespace validated_loss {
 

@@ -1,12 +1,13 @@
 // Deferred validation's process-wide state, shared by every backend (GPU-free): the status queue,
 // the graph slots, call numbers and the origin the Python layer names a call with. The CUDA side
-// (cuda/deferred.cu) fills the queue and the slots; checks raise through raise_for_status.
+// (deferred_cuda.cu) fills the queue and the slots; checks raise through raise_for_status.
 #pragma once
 
 #include <string>
 
 #include <ATen/core/Tensor.h>
 
+#include "call_origin.h"
 #include "deferred_queue.h"
 #include "graph_slots.h"
 
@@ -14,12 +15,6 @@ namespace validated_loss {
 
 StatusQueue& status_queue();
 GraphSlots& graph_slots();
-
-// Where the next check this thread queues comes from: the Python layer sets it just before an
-// eager call that may queue (the user's file:line); the op takes it (clearing it) first thing.
-// Never set inside a compiled graph, so an unset origin says the call came from one.
-void set_call_origin(std::string origin);
-std::string take_call_origin();
 
 // The next call number, with what the error message will need.
 CallSite new_call_site(at::IntArrayRef target_sizes, int64_t num_classes, int64_t ignore_index,

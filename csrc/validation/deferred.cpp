@@ -8,8 +8,8 @@
 
 #include <torch/library.h>
 
-#include "op_common.h"
-#include "status.h"
+#include "../op_common.h"
+#include "../status.h"
 
 namespace validated_loss {
 
@@ -93,7 +93,7 @@ void deferred_submit_cpu(const at::Tensor& status, c10::SymIntArrayRef target_sh
 
 }  // namespace
 
-#if !defined(VALIDATED_LOSS_CUDA_EMU)  // the emulated-CUDA build serves CPU tensors with cuda/deferred.cu's
+#if !defined(VALIDATED_LOSS_CUDA_EMU)  // the emulated-CUDA build serves CPU tensors with deferred_cuda.cu's
 TORCH_LIBRARY_IMPL(validated_loss, CPU, m) {
   m.impl("deferred_submit", &deferred_submit_cpu);
 }
