@@ -26,7 +26,7 @@ OLDEST_TORCH_SPEC := torch==2.6.0
 NEWEST_TORCH_SPEC := torch==2.14.1
 
 .PHONY: build test test-torch-range test-isa bench bench-full cuda-check asan test-cuda-emu test-cuda-emu-mutants test-install \
-	gpu-check clean
+	gpu-check lint format clean
 
 $(DEPS): Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -123,6 +123,25 @@ test-install: build
 	test -x $(NEWEST_VENV)/bin/python || { $(PYTHON) -m venv $(NEWEST_VENV) && \
 		$(NEWEST_VENV)/bin/python -m pip install -q $(NEWEST_TORCH_SPEC) ninja setuptools wheel; }
 	VL_INSTALL_TEST=1 VL_OTHER_TORCH_PYTHON=$(NEWEST_VENV)/bin/python $(PY) -m pytest tests/test_install.py -p no:cacheprovider -s
+
+# Style: ruff (pyproject.toml's [tool.ruff]) over the Python, clang-format (.clang-format) over
+# csrc/; `make format` rewrites the C++ and applies ruff's safe fixes. Pinned, so every machine
+# formats the same way.
+LINT_TOOLS := ruff==0.17.6 clang-format==23.1.5
+LINT_DEPS := $(VENV)/.lint-installed
+PY_SOURCES := validated_loss tests scripts benchmarks examples setup.py
+CXX_SOURCES = $(shell git ls-files 'csrc/*.h' 'csrc/*.cpp' 'csrc/*.cu' 'csrc/*.cuh' 'tests/*.cpp' 'tests/*.h')
+$(LINT_DEPS): $(DEPS)
+	$(PY) -m pip install -q $(LINT_TOOLS)
+	touch $@
+
+lint: $(LINT_DEPS)
+	$(VENV)/bin/ruff check $(PY_SOURCES)
+	$(VENV)/bin/clang-format --dry-run --Werror $(CXX_SOURCES)
+
+format: $(LINT_DEPS)
+	$(VENV)/bin/ruff check --fix $(PY_SOURCES)
+	$(VENV)/bin/clang-format -i $(CXX_SOURCES)
 
 clean:
 	rm -rf build validated_loss/_C*.so validated_loss/_build_info.py

@@ -151,7 +151,8 @@ def nvcc_version(cuda_home):
 
 
 def is_cuda_toolkit(path):
-    return bool(path) and (Path(path) / "bin" / "nvcc").is_file() and (Path(path) / "include" / "cuda_runtime.h").is_file()
+    return (bool(path) and (Path(path) / "bin" / "nvcc").is_file()
+            and (Path(path) / "include" / "cuda_runtime.h").is_file())
 
 
 def cuda_toolkit(torch_guess):
@@ -281,7 +282,8 @@ def build_extension_class(info):
             stamp.write_text(info)
 
         def build_extension(self, ext):
-            common = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) else ext.extra_compile_args
+            args = ext.extra_compile_args
+            common = args["cxx"] if isinstance(args, dict) else args
             kernel_objects = []
             for capability in CAPABILITIES:
                 source = kernel_source(capability)

@@ -197,7 +197,7 @@ def measure(x, y, contenders, repeats, warmup, device, timer, note):
             gc.collect()
     finally:
         gc.enable()
-    del dst
+    dst = None  # frees the copy's destination (the copy lambdas are not called again)
     return m, ready
 
 
@@ -227,7 +227,8 @@ def bytes_table(rows):
     for shape, dtype, pass_name in groups:
         cells = []
         for name in names:
-            found = [r for r in rows if (r["shape"], r["dtype"], r["pass"], r["contender"]) == (shape, dtype, pass_name, name)]
+            key = (shape, dtype, pass_name, name)
+            found = [r for r in rows if (r["shape"], r["dtype"], r["pass"], r["contender"]) == key]
             cells.append(f"{found[0]['copy_equiv_bytes_per_elem']:.1f}" if found else "–")
         lines.append(f"| {shape} | {dtype} | {pass_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

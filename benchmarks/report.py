@@ -119,7 +119,8 @@ def markdown_table(rows, facts):
         "|---|---|---|---|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
-        saved = "–" if r["saved_bytes"] is None else f"{human_bytes(r['saved_bytes'])} ({r['saved_bytes_per_row']:g} B/row)"
+        saved = ("–" if r["saved_bytes"] is None
+                 else f"{human_bytes(r['saved_bytes'])} ({r['saved_bytes_per_row']:g} B/row)")
         lines.append(
             f"| {r['shape']} | {r['dtype']} | {r['pass']} | {r['contender']} | {r['ms']:.1f} "
             f"| {_ratio(r['speedup_vs_eager'])} | {_ratio(r['speedup_vs_compile'])} | {saved} "
@@ -203,8 +204,8 @@ def write_plot(rows, path):
         ax.legend(fontsize=8, loc="upper center", ncol=2)
 
     ax = axes[2]
-    names = list(dict.fromkeys(r["contender"] for r in rows
-                               if r["pass"] == "fwd+bwd" and r["saved_bytes"] is not None and " [" not in r["contender"]))
+    names = list(dict.fromkeys(r["contender"] for r in rows if r["pass"] == "fwd+bwd"
+                               and r["saved_bytes"] is not None and " [" not in r["contender"]))
     bar_w = 0.8 / max(1, len(names))
     for i, name in enumerate(names):
         vals = [value(s, d, "fwd+bwd", name, "saved_bytes_per_row") for s, d in groups]

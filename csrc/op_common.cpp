@@ -35,8 +35,8 @@ static void check_weight(const std::optional<at::Tensor>& weight, const at::Tens
   if (!weight.has_value() || !weight->defined()) return;
   TORCH_CHECK(weight->numel() == logits.size(1), "validated_loss: weight must hold ", logits.size(1),
               " class weights, got ", weight->sizes());
-  TORCH_CHECK(weight->device() == logits.device(), "validated_loss: weight is on ", weight->device(),
-              ", logits on ", logits.device());
+  TORCH_CHECK(weight->device() == logits.device(), "validated_loss: weight is on ", weight->device(), ", logits on ",
+              logits.device());
 }
 
 static void check_reduction(int64_t reduction) {
@@ -51,33 +51,31 @@ static void check_llm_options(double lse_square_scale, double softcap) {
               softcap);
 }
 
-void check_index_op_args(const at::Tensor& logits, const at::Tensor& target,
-                         const std::optional<at::Tensor>& weight, int64_t reduction, double lse_square_scale,
-                         double softcap) {
+void check_index_op_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                         int64_t reduction, double lse_square_scale, double softcap) {
   check_logits(logits);
   check_reduction(reduction);
   TORCH_CHECK(target.scalar_type() == at::kLong || target.scalar_type() == at::kByte,
               "validated_loss: class-index targets must be int64 or uint8, got ", target.scalar_type());
-  TORCH_CHECK(target.device() == logits.device(), "validated_loss: target is on ", target.device(),
-              ", logits on ", logits.device());
-  TORCH_CHECK(target.sizes() == at::IntArrayRef(rows_shape(logits)),
-              "validated_loss: target must have shape ", at::IntArrayRef(rows_shape(logits)), ", got ",
-              target.sizes());
+  TORCH_CHECK(target.device() == logits.device(), "validated_loss: target is on ", target.device(), ", logits on ",
+              logits.device());
+  TORCH_CHECK(target.sizes() == at::IntArrayRef(rows_shape(logits)), "validated_loss: target must have shape ",
+              at::IntArrayRef(rows_shape(logits)), ", got ", target.sizes());
   check_weight(weight, logits);
   check_llm_options(lse_square_scale, softcap);
 }
 
-void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
-                        const std::optional<at::Tensor>& weight, int64_t reduction) {
+void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                        int64_t reduction) {
   check_logits(logits);
   check_reduction(reduction);
   TORCH_CHECK(target.sizes() == logits.sizes(), "validated_loss: probability targets must have the logits' shape ",
               logits.sizes(), ", got ", target.sizes());
   TORCH_CHECK(target.scalar_type() == logits.scalar_type(),
-              "validated_loss: probability targets must have the logits' dtype ", logits.scalar_type(),
-              ", got ", target.scalar_type());
-  TORCH_CHECK(target.device() == logits.device(), "validated_loss: target is on ", target.device(),
-              ", logits on ", logits.device());
+              "validated_loss: probability targets must have the logits' dtype ", logits.scalar_type(), ", got ",
+              target.scalar_type());
+  TORCH_CHECK(target.device() == logits.device(), "validated_loss: target is on ", target.device(), ", logits on ",
+              logits.device());
   check_weight(weight, logits);
 }
 
@@ -146,8 +144,8 @@ at::Tensor saved_lse(const at::Tensor& lse, const at::Tensor& logits, at::Scalar
 
 void check_grad_loss(const at::Tensor& grad_loss, int64_t reduction, int64_t num_rows) {
   if (reduction == kReductionNone) {
-    TORCH_CHECK(grad_loss.numel() == num_rows, "validated_loss: grad_output must hold one value per row (",
-                num_rows, "), got shape ", grad_loss.sizes());
+    TORCH_CHECK(grad_loss.numel() == num_rows, "validated_loss: grad_output must hold one value per row (", num_rows,
+                "), got shape ", grad_loss.sizes());
   } else {
     TORCH_CHECK(grad_loss.numel() == 1, "validated_loss: grad_output of a reduced loss must be a scalar, got shape ",
                 grad_loss.sizes());
@@ -218,8 +216,8 @@ static std::string likely_cause(int64_t value, int64_t num_classes) {
            " (or map them to the ignore_index in force).";
   }
   if (value == num_classes) {
-    return "labels numbered 1.." + std::to_string(num_classes) + " instead of 0.." +
-           std::to_string(num_classes - 1) + " (subtract 1), or a model head with one class too few.";
+    return "labels numbered 1.." + std::to_string(num_classes) + " instead of 0.." + std::to_string(num_classes - 1) +
+           " (subtract 1), or a model head with one class too few.";
   }
   if (value == 255) {
     return "a segmentation mask whose 'void'/border pixels are 255 (pass ignore_index=255), or grey "
@@ -229,20 +227,20 @@ static std::string likely_cause(int64_t value, int64_t num_classes) {
          ") than the label set, or labels from another dataset or label map.";
 }
 
-std::string invalid_target_message(at::IntArrayRef target_sizes, int64_t position, int64_t value,
-                                   int64_t count, int64_t num_classes, int64_t ignore_index) {
+std::string invalid_target_message(at::IntArrayRef target_sizes, int64_t position, int64_t value, int64_t count,
+                                   int64_t num_classes, int64_t ignore_index) {
   int64_t numel = 1;
   for (auto s : target_sizes) numel *= s;
   std::ostringstream out;
   out << "Target " << value << " is out of bounds. target" << format_index(unravel(target_sizes, position)) << " = "
-      << value << " is not a class index in [0, " << num_classes << ") and is not ignore_index ("
-      << ignore_index << "); " << count << " of " << numel << " targets are invalid. Likely cause: "
-      << likely_cause(value, num_classes);
+      << value << " is not a class index in [0, " << num_classes << ") and is not ignore_index (" << ignore_index
+      << "); " << count << " of " << numel
+      << " targets are invalid. Likely cause: " << likely_cause(value, num_classes);
   return out.str();
 }
 
-void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64_t num_classes,
-                      int64_t ignore_index, at::IntArrayRef logits_sizes, const std::string& note) {
+void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64_t num_classes, int64_t ignore_index,
+                      at::IntArrayRef logits_sizes, const std::string& note) {
   if (status[kStatusInvalidCount] > 0) {
     const TargetErrorFacts facts{unravel(target_sizes, status[kStatusInvalidPosition]), status[kStatusInvalidValue],
                                  status[kStatusInvalidCount], num_classes, ignore_index};
@@ -256,14 +254,14 @@ void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64
     rows.erase(rows.begin() + 1);
     const NonFiniteFacts facts{status[kStatusNonFiniteRow], status[kStatusNonFiniteClass],
                                status[kStatusNonFiniteCount]};
-    throw_nonfinite_error(c10::str("Non-finite logits: input", format_index(unravel(rows, facts.row)), " (row ",
-                                   facts.row, "), class ", facts.column, " is NaN or infinite; ", facts.count, " of ",
-                                   c10::multiply_integers(rows), " rows hold a non-finite logit (logits shape ",
-                                   logits_sizes,
-                                   "). Likely cause: a diverging model (learning rate too high, no gradient "
-                                   "clipping), float16 overflow without loss scaling, or NaN in the inputs.",
-                                   note),
-                          facts);
+    throw_nonfinite_error(
+        c10::str("Non-finite logits: input", format_index(unravel(rows, facts.row)), " (row ", facts.row, "), class ",
+                 facts.column, " is NaN or infinite; ", facts.count, " of ", c10::multiply_integers(rows),
+                 " rows hold a non-finite logit (logits shape ", logits_sizes,
+                 "). Likely cause: a diverging model (learning rate too high, no gradient "
+                 "clipping), float16 overflow without loss scaling, or NaN in the inputs.",
+                 note),
+        facts);
   }
 }
 

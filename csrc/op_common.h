@@ -23,11 +23,10 @@ at::ScalarType loss_dtype(at::ScalarType logits_dtype, bool acc_loss);
 // the user's terms; these checks only guarantee that the kernels never index out of bounds.
 // Class-index ops also take the LLM options: z-loss scale finite; softcap 0 (none) or positive
 // and finite.
-void check_index_op_args(const at::Tensor& logits, const at::Tensor& target,
-                         const std::optional<at::Tensor>& weight, int64_t reduction, double lse_square_scale,
-                         double softcap);
-void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target,
-                        const std::optional<at::Tensor>& weight, int64_t reduction);
+void check_index_op_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                         int64_t reduction, double lse_square_scale, double softcap);
+void check_prob_op_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                        int64_t reduction);
 
 // cross_entropy_bwd_ writes the gradient over the logits: every element must have memory of its own.
 // `op` names the op in the message.
@@ -86,10 +85,10 @@ void store_narrowed(const at::Tensor& scalar, double value);
 // Raise the error a status record describes, if any: TargetOutOfRangeError (an IndexError) for
 // targets, NonFiniteLogitsError (a ValueError) for non-finite logits (python_errors.h). `status`
 // points at host memory; `note` (deferred validation's) is appended to the message.
-void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64_t num_classes,
-                      int64_t ignore_index, at::IntArrayRef logits_sizes, const std::string& note = {});
+void raise_for_status(const int64_t* status, at::IntArrayRef target_sizes, int64_t num_classes, int64_t ignore_index,
+                      at::IntArrayRef logits_sizes, const std::string& note = {});
 
-std::string invalid_target_message(at::IntArrayRef target_sizes, int64_t position, int64_t value,
-                                   int64_t count, int64_t num_classes, int64_t ignore_index);
+std::string invalid_target_message(at::IntArrayRef target_sizes, int64_t position, int64_t value, int64_t count,
+                                   int64_t num_classes, int64_t ignore_index);
 
 }  // namespace validated_loss

@@ -33,8 +33,7 @@ PyMethodDef* deferred_python_methods();  // validation/deferred_python.cpp
 // reached through torch.ops.validated_loss. The module itself holds only deferred validation's
 // host-state functions (validation/deferred_python.cpp).
 extern "C" PyObject* PyInit__C(void) {
-  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1,
-                               validated_loss::deferred_python_methods()};
+  static PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, validated_loss::deferred_python_methods()};
   return PyModule_Create(&module);
 }
 

@@ -18,10 +18,10 @@ constexpr int kMaxRowDims = 16;
 struct RowGeometry {
   int64_t num_rows;
   int64_t num_classes;
-  int64_t class_stride;         // in elements
-  int ndim;                     // coalesced row dimensions, outermost first
+  int64_t class_stride;  // in elements
+  int ndim;              // coalesced row dimensions, outermost first
   int64_t sizes[kMaxRowDims];
-  int64_t strides[kMaxRowDims]; // in elements
+  int64_t strides[kMaxRowDims];  // in elements
 };
 
 // Element offset of the first class of row r. 64-bit throughout: N*C may pass 2^31.

@@ -8,12 +8,12 @@
 namespace validated_loss {
 
 enum StatusField : int {
-  kStatusInvalidPosition = 0,   // flat position of the first invalid target, -1 if none
+  kStatusInvalidPosition = 0,  // flat position of the first invalid target, -1 if none
   kStatusInvalidValue = 1,
   kStatusInvalidCount = 2,
-  kStatusNonFiniteRow = 3,      // first row with a NaN/inf logit (check_finite), -1 if none
+  kStatusNonFiniteRow = 3,  // first row with a NaN/inf logit (check_finite), -1 if none
   kStatusNonFiniteClass = 4,
-  kStatusNonFiniteCount = 5,    // rows with a non-finite logit
+  kStatusNonFiniteCount = 5,  // rows with a non-finite logit
   kStatusSize = 6,
 };
 

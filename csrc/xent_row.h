@@ -235,8 +235,8 @@ XENT_HD acc_t index_row_loss(const LossConstants<acc_t>& k, RowLse<acc_t> lse, a
 // Loss of a row with a probability target.
 template <typename acc_t>
 XENT_HD acc_t prob_row_loss(const LossConstants<acc_t>& k, RowLse<acc_t> lse, acc_t ref, RowSums<acc_t> sums) {
-  acc_t mass = target_share(k) * sums.swq;           // sum_c w_c q'_c
-  acc_t shifted = target_share(k) * sums.swqd;       // sum_c w_c q'_c (x_c - r)
+  acc_t mass = target_share(k) * sums.swq;      // sum_c w_c q'_c
+  acc_t shifted = target_share(k) * sums.swqd;  // sum_c w_c q'_c (x_c - r)
   if (has_smoothing(k)) {
     mass += smoothing_per_class(k) * k.sum_weight;
     shifted += smoothing_per_class(k) * sums.swd;

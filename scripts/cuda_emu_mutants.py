@@ -90,7 +90,8 @@ def main():
         start = time.time()
         library = build(name, mutate(name))
         env = dict(os.environ, VALIDATED_LOSS_C_LIBRARY=library)
-        run = subprocess.run([sys.executable, "-m", "pytest", *TESTS], cwd=ROOT, env=env, capture_output=True, text=True)
+        run = subprocess.run([sys.executable, "-m", "pytest", *TESTS], cwd=ROOT, env=env, capture_output=True,
+                             text=True)
         caught = run.returncode not in (0, 5)
         failed = [line for line in run.stdout.splitlines() if line.startswith("FAILED")]
         print(f"{name:32s} {'caught' if caught else 'SURVIVED':8s} {time.time() - start:5.0f} s  csrc/{path}: {what}"

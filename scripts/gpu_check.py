@@ -122,7 +122,8 @@ loss.backward()
 torch.cuda.synchronize()
 ref = F.cross_entropy(x.detach(), t)
 assert torch.allclose(loss.detach(), ref, rtol=1e-5, atol=1e-5), (loss.item(), ref.item())
-print("smoke: one CUDA loss and its gradient ran, loss %.6f (torch %.6f); archs %s" % (loss.item(), ref.item(), _build_info.CUDA_ARCHS))
+print("smoke: one CUDA loss and its gradient ran, loss %.6f (torch %.6f); archs %s"
+      % (loss.item(), ref.item(), _build_info.CUDA_ARCHS))
 """
 
 
@@ -154,9 +155,12 @@ def parse_args(argv=None, environ=None):
     p.add_argument("--out", default=environ.get("OUT") or DEFAULT_OUT, help=f"results folder (default {DEFAULT_OUT})")
     p.add_argument("--fast", action="store_true", default=None, help="reduced grid, first benchmark shape only")
     p.add_argument("--only", type=parse_steps, default=None, help=f"comma-separated subset of: {', '.join(STEP_NAMES)}")
-    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET, help=f"seconds for all steps (default {DEFAULT_BUDGET:g})")
-    p.add_argument("--shards", type=int, default=None, help="processes sharing the GPU grid (default: cores / 4, at most 4)")
-    p.add_argument("--dry-run", action="store_true", help="print the steps and their commands; run nothing, refuse nothing")
+    p.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+                   help=f"seconds for all steps (default {DEFAULT_BUDGET:g})")
+    p.add_argument("--shards", type=int, default=None,
+                   help="processes sharing the GPU grid (default: cores / 4, at most 4)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the steps and their commands; run nothing, refuse nothing")
     args = p.parse_args(argv)
     if args.fast is None:
         try:
@@ -241,7 +245,8 @@ def refusal(info, cuda_home):
     if info.get("error"):
         return f"gpu-check: refused: {info['error']} (PYTHON={exe}); nothing was run"
     if not info.get("cuda_available"):
-        why = "a CPU-only build" if not info.get("torch_cuda") else f"built for CUDA {info['torch_cuda']}, but no device is visible"
+        why = ("a CPU-only build" if not info.get("torch_cuda")
+               else f"built for CUDA {info['torch_cuda']}, but no device is visible")
         return (f"gpu-check: refused: torch.cuda.is_available() is False (torch {info.get('torch')}, {why}; "
                 f"PYTHON={exe}); nothing was run")
     if cuda_home is None:
@@ -304,7 +309,8 @@ def make_plan(args, python, machine):
     cuda_home, sanitizer (paths or None)."""
     out, fast = args.out, args.fast
     cores = machine.get("cores") or os.cpu_count() or 1
-    base_env = {"PYTHONPATH": os.pathsep.join(p for p in [str(ROOT / "scripts"), str(ROOT), os.environ.get("PYTHONPATH")] if p)}
+    paths = [str(ROOT / "scripts"), str(ROOT), os.environ.get("PYTHONPATH")]
+    base_env = {"PYTHONPATH": os.pathsep.join(p for p in paths if p)}
     keep = {"VL_GPU_CHECK_KEEP": str(FAST_KEEP)} if fast else {}
 
     def budget(name):
@@ -352,8 +358,8 @@ def make_plan(args, python, machine):
     steps.append(Step("sanitizer", "sanitizer", san_cmds, *budget("sanitizer"),
                       skip=None if sanitizer else "compute-sanitizer not found (PATH, CUDA_HOME)"))
     steps.append(Step("bench", "bench", [
-        Cmd([python, "benchmarks/gpu_bench.py", "--out", out, "--time-budget", "{budget}"] + (["--fast"] if fast else []),
-            "bench.log", base_env)], *budget("bench")))
+        Cmd([python, "benchmarks/gpu_bench.py", "--out", out, "--time-budget", "{budget}"]
+            + (["--fast"] if fast else []), "bench.log", base_env)], *budget("bench")))
     if args.only:
         steps = [s for s in steps if s.name in args.only]
     return steps
@@ -491,7 +497,8 @@ def sanitizer_findings(text, tool):
     if tool == "racecheck":
         m = re.search(r"RACECHECK SUMMARY: (\d+) hazards? displayed \((\d+) errors?, (\d+) warnings?\)", text)
         if m:
-            return int(m.group(2)) + int(m.group(3)), f"{m.group(1)} hazards ({m.group(2)} errors, {m.group(3)} warnings)"
+            found = int(m.group(2)) + int(m.group(3))
+            return found, f"{m.group(1)} hazards ({m.group(2)} errors, {m.group(3)} warnings)"
     m = re.search(r"ERROR SUMMARY: (\d+) errors?", text)
     if m:
         return int(m.group(1)), f"{m.group(1)} errors"
@@ -590,7 +597,8 @@ def bench_lines(bench):
         group = {r["contender"]: r for r in rows if (r["shape"], r["dtype"]) == (shape, dtype)}
         cells = [f"{SHORT[name]} {r['ms']:.3g} ({100 * r['bw_fraction_of_copy']:.0f}%)" for name, r in group.items()]
         ours = group.get("validated_loss")
-        tail = f" | vl {ours['copy_equiv_bytes_per_elem']:.1f} B/el" if ours and "copy_equiv_bytes_per_elem" in ours else ""
+        tail = (f" | vl {ours['copy_equiv_bytes_per_elem']:.1f} B/el"
+                if ours and "copy_equiv_bytes_per_elem" in ours else "")
         lines.append(f"  {shape} {DTYPE_SHORT.get(dtype, dtype)}: " + ", ".join(cells) + tail)
     return lines
 
@@ -601,7 +609,8 @@ def summarize(header, results, out, total_seconds, budget):
     lines = [header]
     if "build" in by:
         r = by["build"]
-        lines.append(f"build: {r.status} in {r.seconds:.0f} s ({r.extra.get('how', '')}); {r.detail}".replace(" ()", ""))
+        line = f"build: {r.status} in {r.seconds:.0f} s ({r.extra.get('how', '')}); {r.detail}"
+        lines.append(line.replace(" ()", ""))
     tests = [r for r in results if r.counts and any(k in r.counts for k in OUTCOMES)]
     if tests:
         total = {k: sum(r.counts.get(k, 0) for r in tests) for k in OUTCOMES}
@@ -622,7 +631,8 @@ def summarize(header, results, out, total_seconds, budget):
     verdict = "PASS" if all(r.status in ("ok", "skipped") for r in results) else "FAIL"
     lines.append("steps: " + " | ".join(f"{r.name} {r.status} {r.seconds:.0f}s" for r in results)
                  + f" | total {total_seconds:.0f} s of {budget:.0f} -> {verdict}")
-    lines.append(f"everything is in {out}/ (summary.txt/.json, one .log per process, junit-*.xml, gpu_bench.md/.csv/.json/.png)")
+    lines.append(f"everything is in {out}/ (summary.txt/.json, one .log per process, junit-*.xml, "
+                 "gpu_bench.md/.csv/.json/.png)")
     return lines
 
 
@@ -645,7 +655,8 @@ def write_summary(out, lines, info, results, machine):
         json.dump(payload, f, indent=2)
 
 
-OUR_FILES = re.compile(r"^(.*\.log|junit-.*\.xml|results-.*\.jsonl|gpu_bench\.(md|csv|json|png)|summary\.(txt|json)|env\.json)$")
+OUR_FILES = re.compile(r"^(.*\.log|junit-.*\.xml|results-.*\.jsonl|gpu_bench\.(md|csv|json|png)"
+                       r"|summary\.(txt|json)|env\.json)$")
 
 
 def clear_out(out):
@@ -670,11 +681,12 @@ def main(argv=None, probe_fn=probe):
         if why:
             print(why, file=sys.stderr)
             return REFUSED
-    machine = {"capability": info.get("capability") or ("X.Y" if args.dry_run else None), "cores": os.cpu_count(), "cuda_home": cuda_home, "nvcc": nvcc,
-               "sanitizer": find_compute_sanitizer(cuda_home)}
+    machine = {"capability": info.get("capability") or ("X.Y" if args.dry_run else None), "cores": os.cpu_count(),
+               "cuda_home": cuda_home, "nvcc": nvcc, "sanitizer": find_compute_sanitizer(cuda_home)}
     steps = make_plan(args, python, machine)
     if args.dry_run:
-        print(f"gpu-check plan (dry run; {'FAST=1' if args.fast else 'full'}, budget {args.budget:.0f} s, OUT={args.out_shown}):")
+        print(f"gpu-check plan (dry run; {'FAST=1' if args.fast else 'full'}, budget {args.budget:.0f} s, "
+              f"OUT={args.out_shown}):")
         for s in steps:
             print(f"  {s.name}: up to {s.budget:.0f} s" + (f" (skipped: {s.skip})" if s.skip else ""))
             for c in s.cmds:

@@ -13,7 +13,6 @@ import zlib
 import pytest
 
 import torch
-import torch.nn.functional as F
 
 from torch_versions import torch_cross_entropy
 
@@ -162,7 +161,7 @@ def _call(fn, x, target, weight, kwargs, req, cast=None, grad_output=None):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         loss = fn(leaves[0], leaves[1], **kw)
-    wants = [l for l, r in zip(leaves, req) if r]
+    wants = [leaf for leaf, r in zip(leaves, req) if r]
     grads = go = None
     if wants:
         assert isinstance(loss, torch.Tensor) and loss.requires_grad, (

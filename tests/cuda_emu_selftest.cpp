@@ -19,18 +19,20 @@
 #include "cuda/launch.cuh"
 
 static int checks = 0, failures = 0;
-#define CHECK(cond, ...)                                   \
-  do {                                                     \
-    ++checks;                                              \
-    if (!(cond)) {                                         \
-      ++failures;                                          \
-      std::printf("FAIL %s:%d: ", __FILE__, __LINE__);     \
-      std::printf(__VA_ARGS__);                            \
-      std::printf("\n");                                   \
-    }                                                      \
+#define CHECK(cond, ...)                               \
+  do {                                                 \
+    ++checks;                                          \
+    if (!(cond)) {                                     \
+      ++failures;                                      \
+      std::printf("FAIL %s:%d: ", __FILE__, __LINE__); \
+      std::printf(__VA_ARGS__);                        \
+      std::printf("\n");                               \
+    }                                                  \
   } while (0)
 
-static void set_schedule(const char* s) { setenv("VL_CUDA_EMU_SCHEDULE", s, 1); }
+static void set_schedule(const char* s) {
+  setenv("VL_CUDA_EMU_SCHEDULE", s, 1);
+}
 static const char* kSchedules[] = {"forward", "reverse", "random:1", "random:2"};
 
 template <typename F>
@@ -147,7 +149,9 @@ __global__ void cub_twice(const int* in, int* out) {
   }
 }
 
-__global__ void write_one(int* p, int v) { *p = v; }
+__global__ void write_one(int* p, int v) {
+  *p = v;
+}
 
 // A 16-byte vector load from an address that is only 4-byte aligned: the GPU faults
 // (misaligned address); UndefinedBehaviorSanitizer reports it here.
@@ -296,7 +300,12 @@ static void test_half_types() {
   // Every half: to float and back is the identity (NaNs stay NaN).
   for (uint32_t b = 0; b < 65536; ++b) {
     const float f = __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
-    const _Float16 ref = [&] { _Float16 h; unsigned short bits = static_cast<unsigned short>(b); std::memcpy(&h, &bits, 2); return h; }();
+    const _Float16 ref = [&] {
+      _Float16 h;
+      unsigned short bits = static_cast<unsigned short>(b);
+      std::memcpy(&h, &bits, 2);
+      return h;
+    }();
     if (std::isnan(f)) {
       CHECK(std::isnan(static_cast<float>(ref)), "half %x", b);
       continue;
@@ -323,7 +332,9 @@ static void test_half_types() {
   }
 }
 
-static void destroyed(void* flag) { *static_cast<int*>(flag) += 1; }
+static void destroyed(void* flag) {
+  *static_cast<int*>(flag) += 1;
+}
 
 static void test_runtime() {
   set_schedule("forward");
@@ -378,7 +389,8 @@ static void test_runtime() {
   cudaEventCreate(&e);
   cudaEventRecord(e, stream);
   CHECK(cudaEventQuery(e) == cudaErrorNotReady && cudaEventQuery(e) == cudaErrorNotReady &&
-            cudaEventQuery(e) == cudaSuccess, "event delay");
+            cudaEventQuery(e) == cudaSuccess,
+        "event delay");
   (void)cudaGetLastError();
   vl_emu::set_event_delay(0);
   cudaEventDestroy(e);

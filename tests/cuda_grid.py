@@ -116,7 +116,9 @@ def compare(x, target, weight, kwargs, seed, wrt_target=False):
     precision = x.dtype
 
     def truth():
-        up = (lambda t: None if t is None else (t.double() if t.is_floating_point() else t))
+        def up(t):
+            return None if t is None else (t.double() if t.is_floating_point() else t)
+
         return loss_and_grads(F.cross_entropy, up(x), up(target), up(weight), kwargs, go, wrt_target)
 
     truth_loss, truth_grads = truth() if precision in LOW else (None, [None] * len(t_grads))
@@ -156,6 +158,8 @@ def compare_probabilities(shape, dtype, option, reduction, device):
     x = (torch.randn((n, c, *extra), generator=g, dtype=torch.float64) * 3).to(DTYPES[dtype]).to(device)
     q = torch.softmax(torch.randn((n, c, *extra), generator=g, dtype=torch.float64), dim=1)
     q = layout(q.to(DTYPES[dtype]).to(device), "transposed" if extra else "offset1")
-    w = (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(DTYPES[dtype]).to(device) if option != "plain" else None
+    w = None
+    if option != "plain":
+        w = (torch.rand(c, generator=g, dtype=torch.float64) + 0.5).to(DTYPES[dtype]).to(device)
     kwargs = {"reduction": reduction, "label_smoothing": 0.2 if option != "plain" else 0.0}
     compare(x, q, w, kwargs, seed, wrt_target=True)

@@ -81,8 +81,19 @@ static void test_fast_divmod() {
   for (int i = 0; i < 200; ++i) divisors.push_back((rng() >> (rng() % 64)) | 1);
   for (uint64_t d : divisors) {
     const FastDivmod f = make_fast_divmod(d);
-    std::vector<uint64_t> ns = {0, 1, d - 1, d, d + 1, 2 * d - 1, 2 * d, UINT64_MAX, UINT64_MAX - 1,
-                                uint64_t(1) << 63, (uint64_t(1) << 63) - 1, uint64_t(1) << 31, uint64_t(1) << 32};
+    std::vector<uint64_t> ns = {0,
+                                1,
+                                d - 1,
+                                d,
+                                d + 1,
+                                2 * d - 1,
+                                2 * d,
+                                UINT64_MAX,
+                                UINT64_MAX - 1,
+                                uint64_t(1) << 63,
+                                (uint64_t(1) << 63) - 1,
+                                uint64_t(1) << 31,
+                                uint64_t(1) << 32};
     for (int i = 0; i < 300; ++i) ns.push_back(rng() >> (rng() % 64));
     for (uint64_t n : ns) {
       const uint64_t q = fast_div(f, n);
@@ -100,13 +111,16 @@ static void check_row_start(const RowGeometry& g, int64_t r) {
 static void test_row_start() {
   std::mt19937_64 rng(2);
   std::vector<Layout> layouts = {
-      contiguous({7, 5}), contiguous({3, 5, 4}), contiguous({2, 5, 3, 2}), contiguous({2, 5, 2, 3, 2}),
-      Layout{{6, 5}, {1, 6}},                       // transposed
-      Layout{{6, 5}, {20, 2}},                      // sliced class
-      Layout{{6, 5}, {0, 1}},                       // expanded rows
-      Layout{{3, 5, 4}, {20, 1, 5}},                // class last in memory
-      Layout{{2, 5, 3, 4}, {60, 1, 20, 5}},         // channels last
-      Layout{{2, 5, 3, 4}, {1, 2, 40, 10}},         // reversed
+      contiguous({7, 5}),
+      contiguous({3, 5, 4}),
+      contiguous({2, 5, 3, 2}),
+      contiguous({2, 5, 2, 3, 2}),
+      Layout{{6, 5}, {1, 6}},                         // transposed
+      Layout{{6, 5}, {20, 2}},                        // sliced class
+      Layout{{6, 5}, {0, 1}},                         // expanded rows
+      Layout{{3, 5, 4}, {20, 1, 5}},                  // class last in memory
+      Layout{{2, 5, 3, 4}, {60, 1, 20, 5}},           // channels last
+      Layout{{2, 5, 3, 4}, {1, 2, 40, 10}},           // reversed
       Layout{{3, 5, 4, 2}, {200, 40, 2 * 5 + 1, 1}},  // padded rows: nothing merges
       Layout{{5, 7, 3, 11, 2}, {1000, 3, 1, 70, 7000}},
   };
@@ -116,7 +130,8 @@ static void test_row_start() {
   }
   // Offsets past 2^31 and 2^32: (N, C) with N*C > 2^31, transposed, and a 4-d case.
   const std::vector<Layout> big = {
-      contiguous({600000, 4099}), Layout{{3000000001LL, 3}, {1, 3000000001LL}},
+      contiguous({600000, 4099}),
+      Layout{{3000000001LL, 3}, {1, 3000000001LL}},
       Layout{{70000, 5, 3, 4001}, {5 * 3 * 4001 + 17, 3 * 4001, 4001, 1}},
       Layout{{9, 2, 1 << 20, 1 << 14}, {int64_t(1) << 36, 1, int64_t(1) << 15, 2}},
   };
@@ -134,8 +149,8 @@ struct Case {
   std::string name;
   int elem_bytes;
   Layout x;
-  int64_t x_misalign;    // elements the first logit lies past a 16-byte boundary
-  Layout grad;           // the gradient's layout (empty_like: the same, or contiguous)
+  int64_t x_misalign;  // elements the first logit lies past a 16-byte boundary
+  Layout grad;         // the gradient's layout (empty_like: the same, or contiguous)
   int64_t g_misalign;
 };
 
@@ -158,7 +173,8 @@ static void simulate_plan(const Case& k, Split split) {
         : p.mapping == kTiledRows ? p.rows_per_block == kTileRows
                                   : (p.team <= kWarpSize && kWarpSize % p.team == 0),
         "%s", n);
-  CHECK(p.splits >= 1 && (split == Split::kAllowed || p.splits == 1) && p.items == p.groups * p.splits, "%s: splits", n);
+  CHECK(p.splits >= 1 && (split == Split::kAllowed || p.splits == 1) && p.items == p.groups * p.splits, "%s: splits",
+        n);
   CHECK(p.grid >= (N > 0 ? 1 : 0) && p.grid <= kMaxGrid && p.grid <= p.items, "%s: grid %" PRId64, n, p.grid);
 
   const int64_t xext = extent(k.x), gext = extent(k.grad);
@@ -247,8 +263,7 @@ static void simulate_plan(const Case& k, Split split) {
         };
         const RowSpan zspan = split_span(row_span(grow, C, gi.class_stride, eb), it.split, p.splits);
         for_each_unit(
-            zspan, s.lane, p.team,
-            [&](int64_t c) { zero(c, grow + static_cast<uint64_t>(c * gi.class_stride * eb)); },
+            zspan, s.lane, p.team, [&](int64_t c) { zero(c, grow + static_cast<uint64_t>(c * gi.class_stride * eb)); },
             [&](int64_t c0) {
               const uint64_t a = grow + static_cast<uint64_t>(c0 * eb);
               CHECK(a % kVectorBytes == 0 && gi.class_stride == 1, "%s: unaligned zero store", n);
@@ -274,7 +289,9 @@ static void simulate_plan(const Case& k, Split split) {
       in_x[element_offset(xg, r, c)] += 1;
       in_g[element_offset(gg, r, c)] += 1;
     }
-  for (int64_t i = 0; i < xext; ++i) CHECK(reads[i] == in_x[i], "%s: storage element %" PRId64 " read %d times, view holds it %d times", n, i, reads[i], in_x[i]);
+  for (int64_t i = 0; i < xext; ++i)
+    CHECK(reads[i] == in_x[i], "%s: storage element %" PRId64 " read %d times, view holds it %d times", n, i, reads[i],
+          in_x[i]);
   for (int64_t i = 0; i < gext; ++i) {
     CHECK(in_g[i] <= 1, "%s: gradient layout overlaps", n);
     CHECK(writes[i] == in_g[i], "%s: grad element %" PRId64 " written %d times", n, i, writes[i]);
@@ -289,8 +306,8 @@ static void simulate(const Case& k) {
 
 static void test_launches() {
   int cases = 0;
-  const std::vector<int64_t> classes = {0, 1, 2, 3, 5, 7, 8, 9, 15, 16, 17, 31, 33, 100, 127, 129, 257,
-                                        1000, 1023, 1025, 2047, 2049, 4099, 8191, 32771};
+  const std::vector<int64_t> classes = {0,   1,   2,   3,   5,    7,    8,    9,    15,   16,   17,   31,   33,
+                                        100, 127, 129, 257, 1000, 1023, 1025, 2047, 2049, 4099, 8191, 32771};
   for (int eb : {2, 4, 8}) {
     const int vec = kVectorBytes / eb;
     for (int64_t C : classes) {
@@ -310,14 +327,15 @@ static void test_launches() {
       simulate({"transposed eb" + std::to_string(eb) + " C" + std::to_string(C), eb, Layout{{N, C}, {1, N}}, 1,
                 contiguous({N, C}), 0});
       // x[:, ::2]: class stride 2, rows 2C apart -> team over classes, scalar loads.
-      simulate({"sliced-class eb" + std::to_string(eb) + " C" + std::to_string(C), eb, Layout{{N, C}, {2 * C + 1, 2}}, 3,
-                contiguous({N, C}), 1});
+      simulate({"sliced-class eb" + std::to_string(eb) + " C" + std::to_string(C), eb, Layout{{N, C}, {2 * C + 1, 2}},
+                3, contiguous({N, C}), 1});
       // (N, C, H, W) contiguous and channels-last; padded rows (nothing coalesces).
       const int64_t n4 = 2, h = 3, w = 5;
       simulate({"nchw eb" + std::to_string(eb) + " C" + std::to_string(C), eb, contiguous({n4, C, h, w}), 0,
                 contiguous({n4, C, h, w}), 0});
       simulate({"nhwc eb" + std::to_string(eb) + " C" + std::to_string(C), eb,
-                Layout{{n4, C, h, w}, {h * w * C, 1, w * C, C}}, 1, Layout{{n4, C, h, w}, {h * w * C, 1, w * C, C}}, 1});
+                Layout{{n4, C, h, w}, {h * w * C, 1, w * C, C}}, 1, Layout{{n4, C, h, w}, {h * w * C, 1, w * C, C}},
+                1});
       simulate({"padded eb" + std::to_string(eb) + " C" + std::to_string(C), eb,
                 Layout{{4, C, 3}, {3 * (C + 3), 1, C + 3}}, 2, contiguous({4, C, 3}), 0});
       // Expanded rows (stride 0): every row reads the same storage; the gradient is contiguous.
@@ -387,8 +405,8 @@ static void check_fill(const char* name, const Layout& t, int eb, int64_t misali
     total += span_units(s);
     if (sp > 0) {
       const RowSpan prev = split_span(whole, sp - 1, p.splits);
-      CHECK(s.nvec == s.vec_begin ? s.head_begin == prev.head : s.vec_begin == prev.nvec, "%s: split %" PRId64
-            " does not start where split %" PRId64 " ends", name, sp, sp - 1);
+      CHECK(s.nvec == s.vec_begin ? s.head_begin == prev.head : s.vec_begin == prev.nvec,
+            "%s: split %" PRId64 " does not start where split %" PRId64 " ends", name, sp, sp - 1);
     }
     for (int lane = 0; lane < p.team; ++lane) {
       const int64_t n = lane_count(s.head_begin, s.head, lane, p.team) + lane_count(s.vec_begin, s.nvec, lane, p.team) +
@@ -426,7 +444,8 @@ static void test_fill() {
   check_fill("(2, 50, 256, 256) f32", contiguous({2, 50, 256, 256}), 4, 0);
   check_fill("(2, 150, 512, 512) bf16", contiguous({2, 150, 512, 512}), 2, 0);
   check_fill("(1, 1000, 8192) f32", contiguous({1, 1000, 8192}), 4, 0);
-  check_fill("(16, 19, 1024, 2048) channels_last", Layout{{16, 19, 1024, 2048}, {19 * 1024 * 2048, 1, 19 * 2048, 19}}, 4, 0);
+  check_fill("(16, 19, 1024, 2048) channels_last", Layout{{16, 19, 1024, 2048}, {19 * 1024 * 2048, 1, 19 * 2048, 19}},
+             4, 0);
   check_fill("x[:, ::2] of (64, 2M)", Layout{{64, 1 << 20}, {int64_t(1) << 21, 2}}, 4, 0);
   // Rows of 4-8 KB (float32 C <= 2048, bfloat16 C <= 4096) stay with a warp, with up to 16 vectors
   // a lane, rather than a block with three barriers per row; longer rows get a block.
@@ -440,7 +459,8 @@ static void test_fill() {
   }
   // The named shapes' plans (issue 19): tiles and splits, not a thread walking a vocabulary.
   const LaunchPlan bvt = plan_for(make_row_indexer(geometry_of(contiguous({8, 32000, 128}))), 4, Split::kAllowed);
-  CHECK(bvt.mapping == kTiledRows && bvt.groups == 32 && bvt.splits * bvt.groups >= kFillBlocks, "(8, 32000, 128): plan");
+  CHECK(bvt.mapping == kTiledRows && bvt.groups == 32 && bvt.splits * bvt.groups >= kFillBlocks,
+        "(8, 32000, 128): plan");
   CHECK(plan_for(make_row_indexer(geometry_of(contiguous({8, 32000, 128}))), 4, Split::kNo).splits == 1,
         "probability plans never split");
 }
@@ -619,7 +639,8 @@ static void test_scan_math() {
         CHECK(std::fabs(got - lse) <= 1e-5 * std::fabs(lse) + 1e-5, "C=%" PRId64 ": lse %.9g vs %.9g", C, got, lse);
         CHECK(std::fabs(st.sums.swq - swq) <= 1e-4 * std::fabs(swq) + 1e-4, "C=%" PRId64 ": swq", C);
         if (!(with_bad && bad >= 0)) {
-          CHECK(std::fabs(st.sums.swd - swd) <= 1e-4 * (std::fabs(swd) + C), "C=%" PRId64 ": swd %g vs %g", C, st.sums.swd, swd);
+          CHECK(std::fabs(st.sums.swd - swd) <= 1e-4 * (std::fabs(swd) + C), "C=%" PRId64 ": swd %g vs %g", C,
+                st.sums.swd, swd);
           CHECK(std::fabs(st.sums.swqd - swqd) <= 1e-4 * (std::fabs(swqd) + C), "C=%" PRId64 ": swqd", C);
           CHECK(st.bad_class == kNoClass, "C=%" PRId64 ": no bad class expected", C);
         } else {
@@ -635,7 +656,8 @@ static void test_scan_math() {
         if (!(with_bad && bad >= 0)) {
           double expect = 0.9 * wf[y] * (lse - static_cast<float>(xs[y]));
           for (int64_t c = 0; c < C; ++c) expect += 0.1 / C * wf[c] * (lse - static_cast<float>(xs[c]));
-          CHECK(std::fabs(loss - expect) <= 2e-4 * std::fabs(expect) + 1e-4, "C=%" PRId64 ": loss %g vs %g", C, loss, expect);
+          CHECK(std::fabs(loss - expect) <= 2e-4 * std::fabs(expect) + 1e-4, "C=%" PRId64 ": loss %g vs %g", C, loss,
+                expect);
         }
         (void)k;
       }
@@ -689,8 +711,8 @@ static void test_index_rows() {
   const int64_t ignore_index = -100;
   int rows = 0;
   for (int64_t C : {1, 2, 5, 33, 100, 1000, 4099}) {
-    for (const RowCase& rc : {RowCase{C, 0, false, 0.0}, RowCase{C, 1, true, 0.0}, RowCase{C, 3, false, 0.1},
-                              RowCase{C, 2, true, 0.25}}) {
+    for (const RowCase& rc :
+         {RowCase{C, 0, false, 0.0}, RowCase{C, 1, true, 0.0}, RowCase{C, 3, false, 0.1}, RowCase{C, 2, true, 0.25}}) {
       std::vector<double> x(C);
       std::vector<float> wf(C);
       for (int64_t c = 0; c < C; ++c) {
@@ -724,7 +746,8 @@ static void test_index_rows() {
           rows += 1;
           if (kind == kTargetInvalid) {
             CHECK(std::isnan(out.loss) && std::isnan(out.lse.max) && std::isnan(out.lse.log_sum), "invalid row: NaN");
-            CHECK(totals.invalid.position == 7 && totals.invalid.value == y && totals.invalid.count == 1, "invalid row");
+            CHECK(totals.invalid.position == 7 && totals.invalid.value == y && totals.invalid.count == 1,
+                  "invalid row");
             CHECK(std::isnan(totals.loss_sum) && totals.total_weight == 0, "invalid row: totals");
             continue;
           }
@@ -740,8 +763,8 @@ static void test_index_rows() {
           const double lse = m + std::log(se);
           double loss = (1 - rc.eps) * w_y * (lse - xc[y]) + lc.z * lse * lse;
           for (int64_t c = 0; c < C; ++c) loss += rc.eps / C * wf[c] * (lse - xc[c]);
-          CHECK(close(out.loss, loss, 1e-5, 1e-5), "C=%" PRId64 " y=%" PRId64 " eps=%g z=%g cap=%g: loss %.8g vs %.8g", C,
-                y, rc.eps, lc.z, lc.cap, out.loss, loss);
+          CHECK(close(out.loss, loss, 1e-5, 1e-5), "C=%" PRId64 " y=%" PRId64 " eps=%g z=%g cap=%g: loss %.8g vs %.8g",
+                C, y, rc.eps, lc.z, lc.cap, out.loss, loss);
           CHECK(close(lse_value(out.lse), lse, 1e-6, 1e-6), "C=%" PRId64 ": lse", C);
           CHECK(totals.total_weight == w_y && totals.invalid.count == 0, "valid row: totals");
           // Gradient, every lane, against d loss / d x_c = (scale * (share w_y (p_c - [c == y])
@@ -768,11 +791,12 @@ static void test_index_rows() {
           for (int64_t c = 0; c < C; ++c) {
             const double pc = std::exp(xc[c] - lse);
             const double slope = lc.cap > 0 ? 1 - (xc[c] / lc.cap) * (xc[c] / lc.cap) : 1.0;
-            const double want = slope * (scale * ((1 - rc.eps) * w_y * (pc - (c == y)) + rc.eps / C * (sum_wd * pc - wf[c])
-                                                  + 2 * lc.z * lse * pc) + lc.lse_grad * pc);
+            const double want = slope * (scale * ((1 - rc.eps) * w_y * (pc - (c == y)) +
+                                                  rc.eps / C * (sum_wd * pc - wf[c]) + 2 * lc.z * lse * pc) +
+                                         lc.lse_grad * pc);
             CHECK(written[c] == 1, "grad element written %d times", written[c]);
-            CHECK(close(grad[c], want, 1e-4, 1e-7), "C=%" PRId64 " y=%" PRId64 " c=%" PRId64 ": grad %.8g vs %.8g", C, y,
-                  c, grad[c], want);
+            CHECK(close(grad[c], want, 1e-4, 1e-7), "C=%" PRId64 " y=%" PRId64 " c=%" PRId64 ": grad %.8g vs %.8g", C,
+                  y, c, grad[c], want);
           }
         }
       }
@@ -834,7 +858,8 @@ static void test_prob_rows() {
           const double pc = std::exp(x[c] - lse);
           const double dx = g.dx(c, static_cast<float>(x[c]), static_cast<float>(q[c]));
           const double dq = g.dq(c, static_cast<float>(x[c]));
-          CHECK(close(dx, scale * (mass * pc - wf[c] * qs[c]), 1e-4, 1e-7), "prob C=%" PRId64 " c=%" PRId64 ": dx", C, c);
+          CHECK(close(dx, scale * (mass * pc - wf[c] * qs[c]), 1e-4, 1e-7), "prob C=%" PRId64 " c=%" PRId64 ": dx", C,
+                c);
           CHECK(close(dq, -scale * (1 - rc.eps) * wf[c] * (x[c] - lse), 1e-5, 1e-6), "prob C=%" PRId64 ": dq", C);
           written[c] += 1;
         };

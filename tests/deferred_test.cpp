@@ -30,8 +30,7 @@ struct StandIn {
   std::shared_ptr<bool> landed;
 };
 
-static StandIn queue_status(StatusQueue& q, const std::array<int64_t, kStatusSize>& status, int64_t call,
-                            bool landed) {
+static StandIn queue_status(StatusQueue& q, const std::array<int64_t, kStatusSize>& status, int64_t call, bool landed) {
   StandIn s{std::make_shared<std::array<int64_t, kStatusSize>>(status), std::make_shared<bool>(landed)};
   CallSite site{{8}, 5, -100, {8, 5}, call, "train.py:" + std::to_string(call)};
   auto flag = s.landed;

@@ -71,7 +71,8 @@ def test_refusal_messages():
     assert "CPU-only build" in text
     text = refusal({"executable": "p", "torch": "2.11.0", "torch_cuda": "13.0", "cuda_available": True}, None)
     assert text.startswith("gpu-check: refused: no nvcc")
-    assert refusal({"torch": "2.11.0", "torch_cuda": "13.0", "cuda_available": True}, ("/cuda", "/cuda/bin/nvcc")) is None
+    usable = {"torch": "2.11.0", "torch_cuda": "13.0", "cuda_available": True}
+    assert refusal(usable, ("/cuda", "/cuda/bin/nvcc")) is None
     for info in ({"error": "x"}, {"cuda_available": False}, {"cuda_available": True}):
         assert "\n" not in refusal(info, None)
 
@@ -208,7 +209,8 @@ SAMPLE_BENCH = {"config": {"skipped": [{"what": "16384x256000 bfloat16", "reason
 for shape, dtype, ours, eager, compiled in (("4096x32000", "float32", 1.1, 3.9, 2.0),
                                             ("8192x128256", "bfloat16", 3.4, 11.8, 6.1)):
     for name, ms, bw in (("validated_loss", ours, 0.81), ("validated_loss [validate=off]", ours * 0.95, 0.85),
-                         ("torch eager", eager, 0.23), ("torch.compile", compiled, 0.45), ("flash-attn", ours * 1.2, 0.7)):
+                         ("torch eager", eager, 0.23), ("torch.compile", compiled, 0.45),
+                         ("flash-attn", ours * 1.2, 0.7)):
         for pass_name in ("fwd", "fwd+bwd"):
             SAMPLE_BENCH["rows"].append({"shape": shape, "dtype": dtype, "pass": pass_name, "contender": name, "ms": ms,
                                          "bw_fraction_of_copy": bw, "copy_equiv_bytes_per_elem": 6.2})
@@ -219,7 +221,8 @@ def fake_steps(out, bench):
     failure, one that runs out of time, a sanitizer that finds an error, a benchmark."""
     Cmd, Step = gpu_check.Cmd, gpu_check.Step
     records = [{"nodeid": "tests/test_cuda.py::test_a", "outcome": "passed"},
-               {"nodeid": "tests/test_cuda.py::test_b[c33-bf16]", "outcome": "failed", "message": "AssertionError: off"},
+               {"nodeid": "tests/test_cuda.py::test_b[c33-bf16]", "outcome": "failed",
+                "message": "AssertionError: off"},
                {"nodeid": "tests/test_cuda.py::test_c", "outcome": "skipped"}]
     write_results = f"""
         import json, sys
@@ -237,7 +240,8 @@ def fake_steps(out, bench):
                                           results="results-validation.jsonl", junit="junit-validation.xml")], 2, 1),
         Step("sanitizer", "sanitizer", [Cmd(py(f"print({sanitizer_log!r}); raise SystemExit(86)"),
                                             "sanitizer-memcheck.log")], 30, 5, sequential=True),
-        Step("bench", "bench", [Cmd(py(f"import json; json.dump({bench!r}, open({os.path.join(out, 'gpu_bench.json')!r}, 'w'))"),
+        Step("bench", "bench", [Cmd(py(f"import json; json.dump({bench!r}, "
+                                       f"open({os.path.join(out, 'gpu_bench.json')!r}, 'w'))"),
                                     "bench.log")], 30, 5),
     ]
 
@@ -301,7 +305,8 @@ def test_counts_from_results_and_junit(tmp_path):
     junit = tmp_path / "j.xml"
     junit.write_text("""<?xml version="1.0"?><testsuites><testsuite name="pytest" tests="4">
       <testcase classname="tests.test_cuda" name="test_ok"/>
-      <testcase classname="tests.test_cuda" name="test_bad[c1]"><failure message="AssertionError: loss differs">x</failure></testcase>
+      <testcase classname="tests.test_cuda" name="test_bad[c1]"><failure message="AssertionError: loss differs">x
+      </failure></testcase>
       <testcase classname="tests.test_cuda" name="test_skip"><skipped message="no"/></testcase>
       <testcase classname="tests.test_cuda" name="test_err"><error message="boom"/></testcase>
     </testsuite></testsuites>""")
@@ -340,11 +345,12 @@ def test_summary_from_sample_results():
     assert lines[3].startswith("first failure: cuda-grid: tests/test_cuda.py::test_parity_class_index[c50257-bf16]")
     assert lines[4] == "sanitizer: ok, memcheck 0 errors; racecheck 0 hazards (0 errors, 0 warnings)"
     assert lines[6].startswith("bench fwd+bwd, ms (bandwidth / copy")
-    assert lines[7] == "  4096x32000 f32: vl 1.1 (81%), eager 3.9 (23%), compile 2 (45%), flash 1.32 (70%) | vl 6.2 B/el"
+    assert lines[7] == ("  4096x32000 f32: vl 1.1 (81%), eager 3.9 (23%), compile 2 (45%), flash 1.32 (70%)"
+                        " | vl 6.2 B/el")
     assert lines[-2].endswith("total 452 s of 470 -> FAIL") and "cuda-grid FAIL 121s" in lines[-2]
     assert lines[-1].startswith("everything is in build/gpu-check/")
-    ok = [R(r.name, "ok" if r.status == "FAIL" else r.status, r.seconds, r.detail, dict(r.counts, failed=0), None, r.extra)
-          for r in results]
+    ok = [R(r.name, "ok" if r.status == "FAIL" else r.status, r.seconds, r.detail, dict(r.counts, failed=0), None,
+            r.extra) for r in results]
     assert gpu_check.summarize("h", ok, "o", 1, 470)[-2].endswith("-> PASS")
 
 
@@ -363,7 +369,8 @@ def collect(*args, **env):
     """Node ids pytest collects from tests/test_cuda.py with gpu_check_plugin loaded."""
     done = subprocess.run([sys.executable, "-m", "pytest", "tests/test_cuda.py", "--collect-only",
                            "-p", "gpu_check_plugin", "-p", "no:cacheprovider", *args], cwd=ROOT, capture_output=True,
-                          text=True, env=env_with(PYTHONPATH=os.pathsep.join([str(ROOT / "scripts"), str(ROOT)]), **env),
+                          text=True,
+                          env=env_with(PYTHONPATH=os.pathsep.join([str(ROOT / "scripts"), str(ROOT)]), **env),
                           timeout=600)
     assert done.returncode in (0, 5), done.stdout[-2000:] + done.stderr[-2000:]
     return [line for line in done.stdout.splitlines() if line.startswith("tests/test_cuda.py::")]
@@ -379,7 +386,8 @@ def test_test_cuda_groups_partition_the_file():
     names = {g: {i.split("::")[1].split("[")[0] for i in ids} for g, ids in groups.items()}
     assert "test_bad_target_raises_and_context_survives" in names["validation"]
     assert "test_cuda_graph_capture" in names["validation"]
-    assert names["sync-debug"] == {"test_deferred_never_synchronizes", "test_deferred_with_a_bad_target_never_synchronizes",
+    assert names["sync-debug"] == {"test_deferred_never_synchronizes",
+                                   "test_deferred_with_a_bad_target_never_synchronizes",
                                    "test_sync_under_compile_does_not_synchronize_and_reports_at_the_next_call",
                                    "test_cuda_graph_replay_with_a_bad_target_is_reported_by_check_deferred"}
     assert {"test_parity_class_index", "test_parity_probabilities", "test_n_times_c_past_int32"} <= names["cuda-grid"]

@@ -320,7 +320,8 @@ def _library_ops():
     schema; the gradient cache's settings take and return plain ints)."""
     names = sorted(n.split("::")[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith("validated_loss::"))
     return [n for n in names
-            if any(isinstance(a.type, torch.TensorType) for a in getattr(torch.ops.validated_loss, n).default._schema.arguments)]
+            if any(isinstance(a.type, torch.TensorType)
+                   for a in getattr(torch.ops.validated_loss, n).default._schema.arguments)]
 
 
 # Host-side ops with no tensor output (they raise, or queue a check): nothing for opcheck to compare.

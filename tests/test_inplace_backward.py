@@ -61,7 +61,7 @@ CASES = [  # (shape, layout): every CPU kernel path (packed short rows, rows in 
 
 @pytest.mark.parametrize("dt", list(DTYPES))
 @pytest.mark.parametrize("reduction", REDUCTIONS)
-@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{'x'.join(map(str, s))}-{l}" for s, l in CASES])
+@pytest.mark.parametrize("case", range(len(CASES)), ids=[f"{'x'.join(map(str, s))}-{lay}" for s, lay in CASES])
 def test_same_gradient_as_out_of_place_and_in_the_logits_storage(dt, reduction, case):
     shape, layout = CASES[case]
     x, t, w = make_case(shape, DTYPES[dt], seed=case, ignore_index=1, layout=layout)

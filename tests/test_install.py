@@ -137,7 +137,8 @@ def torch_range():
 
 
 def test_another_torch_gets_the_mismatch_warning(installed, work):
-    assert OTHER_TORCH_PYTHON.is_file(), f"no Python with another torch at {OTHER_TORCH_PYTHON} (make cuda-check makes it)"
+    assert OTHER_TORCH_PYTHON.is_file(), \
+        f"no Python with another torch at {OTHER_TORCH_PYTHON} (make cuda-check makes it)"
     # The installed package alone on the path of a Python whose torch is another release.
     (package,) = (installed / "lib").glob("python3*/site-packages/validated_loss")
     shutil.copytree(package, work / "elsewhere" / "validated_loss")

@@ -33,7 +33,9 @@ def make(dtype=torch.float64, n=N, h=H, c=C, bias=False, ignore=None, seed=0, we
     if ignore is not None and n > 1:
         t[::4] = ignore
     w = (torch.rand(c, generator=gen(seed + 4), dtype=torch.float64) + 0.3).to(dtype) if weight else None
-    cast = (lambda v: None if v is None else v.to(dtype))
+    def cast(v):
+        return None if v is None else v.to(dtype)
+
     return cast(x), cast(W), cast(b), t, w
 
 

@@ -6,7 +6,6 @@ import functools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.autograd import gradcheck, gradgradcheck
 
 from conftest import compare_cross_entropy, gen, relayout, require_vl
@@ -132,7 +131,8 @@ def test_lse_gradient(which, reduction):
 GRAD_CASES = {
     "z-mean": dict(lse_square_scale=0.1),
     "cap-sum": dict(softcap=2.0, reduction="sum"),
-    "z-cap-weight-ignore-ls": dict(lse_square_scale=0.05, softcap=1.5, ignore_index=1, label_smoothing=0.2, weight=True),
+    "z-cap-weight-ignore-ls": dict(lse_square_scale=0.05, softcap=1.5, ignore_index=1, label_smoothing=0.2,
+                                   weight=True),
     "z-cap-none": dict(lse_square_scale=0.2, softcap=3.0, reduction="none", weight=True),
 }
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 
 from conftest import compare_cross_entropy, require_vl
+from test_parity import FAMILIES, assert_signature_extends, make_index_target, make_logits, make_prob_target
 
 vl = require_vl()
 pytestmark = pytest.mark.usefixtures("single_thread")
-from test_parity import FAMILIES, assert_signature_extends, make_index_target, make_logits, make_prob_target
 
 C = 5
 W = torch.tensor([0.5, 1.0, 2.0, 0.25, 1.5])

@@ -119,7 +119,8 @@ def _grid():
                    "prob_soft": ("none", "negative"), "prob_unnorm": ("none", "negative")}[tkind]
         for ignore in ignores:
             cases.append(pytest.param(family, dt, tkind, weighted, ignore, ls, reduction,
-                                      id=f"{family}-{dt}-{tkind}-{'w' if weighted else 'nw'}-ign_{ignore}-ls{ls}-{reduction}"))
+                                      id=f"{family}-{dt}-{tkind}-{'w' if weighted else 'nw'}-ign_{ignore}-ls{ls}-"
+                                         f"{reduction}"))
     return cases
 
 
@@ -514,7 +515,8 @@ def test_no_warning_on_plain_call():
 def assert_signature_extends(ours, theirs):
     """torch's parameters, in order, with the same kinds and defaults; anything extra is keyword-only
     with a default (so every call written for torch means the same)."""
-    ours, theirs = list(inspect.signature(ours).parameters.values()), list(inspect.signature(theirs).parameters.values())
+    ours = list(inspect.signature(ours).parameters.values())
+    theirs = list(inspect.signature(theirs).parameters.values())
     assert [(p.name, p.kind, p.default) for p in ours[:len(theirs)]] == \
         [(p.name, p.kind, p.default) for p in theirs]
     for p in ours[len(theirs):]:

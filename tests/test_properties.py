@@ -58,7 +58,8 @@ def index_cases(draw):
     seed = draw(st.integers(0, 2**31 - 1))
     scale = draw(st.sampled_from([0.1, 1.0, 4.0, 20.0]))
     g = gen(seed)
-    x = laid_out((torch.randn(in_shape, generator=g, dtype=torch.float64) * scale).to(dtype), draw(layouts(len(in_shape))))
+    x = laid_out((torch.randn(in_shape, generator=g, dtype=torch.float64) * scale).to(dtype),
+                 draw(layouts(len(in_shape))))
     u8 = len(in_shape) <= 2 and c <= 255 and draw(st.booleans())
     kwargs = {"reduction": draw(st.sampled_from(REDUCTIONS))}
     ignore = draw(st.sampled_from(["absent", "default", "inside", "outside"]))

@@ -17,8 +17,8 @@ namespace {
 
 // Split `split` of `splits` of the row (its own span: the gradient row may have another phase).
 template <typename T>
-__device__ __forceinline__ void zero_row(T* row, int64_t num_classes, int64_t stride, int lane, int team,
-                                         int64_t split, int64_t splits) {
+__device__ __forceinline__ void zero_row(T* row, int64_t num_classes, int64_t stride, int lane, int team, int64_t split,
+                                         int64_t splits) {
   const RowSpan span = split_span(row_span(address_of(row), num_classes, stride, sizeof(T)), split, splits);
   const T zero = from_acc<T>(acc_of<T>(0));
   Pack<T> zeros;
@@ -59,8 +59,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     const T* row = x + row_start(a.x.ix, s.row);
     const RowSpan span = split_span(row_span(address_of(row), C, x_stride, sizeof(T)), it.split, plan.splits);
     const bool g_vec = vector_compatible(span, address_of(row), address_of(g_row), g_stride);
-    const auto g = index_grad_row(k, w, y, row_scale<acc_t>(a.scale, shared_scale, s.row),
-                                                    load_row_lse(lse, s.row), lse_grad ? lse_grad[s.row] : acc_t(0));
+    const auto g = index_grad_row(k, w, y, row_scale<acc_t>(a.scale, shared_scale, s.row), load_row_lse(lse, s.row),
+                                  lse_grad ? lse_grad[s.row] : acc_t(0));
     auto grad_of = [&](int64_t c, acc_t xc) { return from_acc<T>(g(c, xc)); };
     for_each_unit(
         span, s.lane, plan.team, [&](int64_t c) { g_row[c * g_stride] = grad_of(c, to_acc(row[c * x_stride])); },
@@ -116,8 +116,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     if (!in_range) continue;
 
     // Pass 2: the gradients.
-    const ProbGradRow<acc_t, ClassWeights<T>> g{k, w, prob_row_mass(k, swq), row_scale<acc_t>(a.scale, shared_scale, s.row),
-                               load_row_lse(lse, s.row)};
+    const ProbGradRow<acc_t, ClassWeights<T>> g{
+        k, w, prob_row_mass(k, swq), row_scale<acc_t>(a.scale, shared_scale, s.row), load_row_lse(lse, s.row)};
     const T* row = x + row_start(a.x.ix, s.row);
     T* g_row = grad + row_start(a.grad.ix, s.row);
     T* gq_row = grad_q ? grad_q + row_start(a.grad_target.ix, s.row) : nullptr;

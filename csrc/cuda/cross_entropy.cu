@@ -68,15 +68,15 @@ Weights weights_of(const std::optional<Tensor>& weight, const Tensor& logits, do
   if (label_smoothing > 0) {
     r.sum = at::empty({}, logits.options().dtype(acc));
     VL_CUDA_CHECK(weight_sum_launch(dtype_of(logits.scalar_type()), r.w.const_data_ptr(), r.narrow, r.w.numel(),
-                                     r.sum.mutable_data_ptr(), stream));
+                                    r.sum.mutable_data_ptr(), stream));
   }
   return r;
 }
 
 ForwardArgs forward_args(const Tensor& logits, const View& x, const Weights& w, double label_smoothing,
                          int64_t reduction, bool check_finite, const Tensor& loss, const Tensor& lse,
-                         const Tensor& workspace, const Tensor& total_weight, const Tensor& status,
-                         double z_scale = 0, double softcap = 0) {
+                         const Tensor& workspace, const Tensor& total_weight, const Tensor& status, double z_scale = 0,
+                         double softcap = 0) {
   ForwardArgs f{};
   f.dtype = dtype_of(logits.scalar_type());
   f.x = x;
@@ -117,8 +117,8 @@ ScaleHolder grad_scale(const Tensor& grad_loss, int64_t reduction, const Tensor&
       TORCH_CHECK(total_weight.numel() == 1, "validated_loss: total_weight must be a scalar");
       h.total_weight = total_weight.to(logits.device(), acc).contiguous();
     }
-    h.args = GradScaleArgs{nullptr, h.scalar.const_data_ptr(), data_or_null(h.total_weight),
-                           static_cast<double>(num_rows)};
+    h.args =
+        GradScaleArgs{nullptr, h.scalar.const_data_ptr(), data_or_null(h.total_weight), static_cast<double>(num_rows)};
   }
   return h;
 }
@@ -126,16 +126,17 @@ ScaleHolder grad_scale(const Tensor& grad_loss, int64_t reduction, const Tensor&
 // The class-index forward: loss, lse, total weight and status (loss_acc: the loss, reduced or per
 // row, in the accumulate dtype instead of the logits').
 ForwardTensors index_forward(const Tensor& logits, const Tensor& target, const Weights& w, int64_t reduction,
-                              int64_t ignore_index, double label_smoothing, bool check_finite, double z_scale,
-                              double softcap, bool loss_acc, cudaStream_t stream) {
+                             int64_t ignore_index, double label_smoothing, bool check_finite, double z_scale,
+                             double softcap, bool loss_acc, cudaStream_t stream) {
   const Tensor target_c = target.contiguous();
   const View x = view_of(logits);
   const ForwardTensors o = empty_forward_outputs(logits, reduction, loss_dtype(logits.scalar_type(), loss_acc));
   const DType dtype = dtype_of(logits.scalar_type());
-  const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix, /*prob=*/false)}, logits.options().dtype(at::kByte));
+  const Tensor workspace =
+      at::empty({forward_workspace_bytes(dtype, x.ix, /*prob=*/false)}, logits.options().dtype(at::kByte));
   IndexForward a{};
-  a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, o.loss, o.lse, workspace,
-                     o.total_weight, o.status, z_scale, softcap);
+  a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, o.loss, o.lse, workspace, o.total_weight,
+                     o.status, z_scale, softcap);
   a.t = IndexTargetArgs{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
   VL_CUDA_CHECK(index_forward_launch(a, stream));
   return o;
@@ -143,8 +144,8 @@ ForwardTensors index_forward(const Tensor& logits, const Tensor& target, const W
 
 // The class-index gradient into `grad` (which may be the logits themselves).
 void index_backward(const ScaleHolder& scale, const Tensor& logits, const Tensor& target, const Weights& w,
-                    const Tensor& lse, int64_t reduction, int64_t ignore_index, double label_smoothing,
-                    double z_scale, double softcap, const Tensor& lse_grad, Tensor& grad, cudaStream_t stream) {
+                    const Tensor& lse, int64_t reduction, int64_t ignore_index, double label_smoothing, double z_scale,
+                    double softcap, const Tensor& lse_grad, Tensor& grad, cudaStream_t stream) {
   const Tensor target_c = target.contiguous();
   IndexBackward a{};
   a.dtype = dtype_of(logits.scalar_type());
@@ -164,23 +165,20 @@ void index_backward(const ScaleHolder& scale, const Tensor& logits, const Tensor
   VL_CUDA_CHECK(index_backward_launch(a, stream));
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(const Tensor& logits, const Tensor& target,
-                                                                  const std::optional<Tensor>& weight,
-                                                                  int64_t reduction, int64_t ignore_index,
-                                                                  double label_smoothing, bool check_finite,
-                                                                  int64_t validate, double lse_square_scale,
-                                                                  double softcap, bool acc_loss,
-                                                                  bool /*inplace_backward: autograd's*/) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cuda(
+    const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, int64_t reduction,
+    int64_t ignore_index, double label_smoothing, bool check_finite, int64_t validate, double lse_square_scale,
+    double softcap, bool acc_loss, bool /*inplace_backward: autograd's*/) {
   std::string origin = take_call_origin();  // set by the Python layer for this call, if it named it
   check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
-  TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
-              validate);
+  TORCH_CHECK(validate >= 0 && validate <= 2,
+              "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ", validate);
   const DeviceGuard guard(logits.device());
   const cudaStream_t stream = current_stream();
   check_earlier_calls(stream);
   const Weights w = weights_of(weight, logits, label_smoothing, stream);
   const ForwardTensors o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
-                                          lse_square_scale, softcap, acc_loss, stream);
+                                         lse_square_scale, softcap, acc_loss, stream);
   report_status(validate, o.status, stream, target.sizes(), logits.size(1), ignore_index, logits.sizes(),
                 std::move(origin));
   return {o.loss, o.lse, o.total_weight, o.status};
@@ -211,8 +209,8 @@ Tensor index_backward_op(const Tensor& grad_loss, const Tensor& logits, const Te
 
 Tensor cross_entropy_bwd_cuda(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
                               const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
-                              int64_t reduction, int64_t ignore_index, double label_smoothing,
-                              double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
+                              int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+                              double softcap, const std::optional<Tensor>& grad_lse) {
   return index_backward_op(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index,
                            label_smoothing, lse_square_scale, softcap, grad_lse, false);
 }
@@ -229,14 +227,13 @@ void cross_entropy_bwd__cuda(Tensor& logits, const Tensor& grad_loss, const Tens
 // writing the gradient over the logits (each element is read and then written by one thread).
 // Two passes over the chunk, where the CPU op fuses them per row.
 std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
-    Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, int64_t reduction,
-    int64_t ignore_index, double label_smoothing, double lse_square_scale, double softcap,
-    const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_lse, bool check_finite,
-    int64_t validate) {
+    Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
+    double label_smoothing, double lse_square_scale, double softcap, const std::optional<Tensor>& grad_loss,
+    const std::optional<Tensor>& grad_lse, bool check_finite, int64_t validate) {
   std::string origin = take_call_origin();  // set by the Python layer for this call, if it named it
   check_fwd_grad_args(logits, target, weight, reduction, lse_square_scale, softcap);
-  TORCH_CHECK(validate >= 0 && validate <= 2, "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ",
-              validate);
+  TORCH_CHECK(validate >= 0 && validate <= 2,
+              "validated_loss: validate must be 0 (off), 1 (sync) or 2 (deferred), got ", validate);
   const DeviceGuard guard(logits.device());
   const cudaStream_t stream = current_stream();
   // No check of earlier calls here: linear_cross_entropy's chunk steps belong to one call, whose
@@ -246,7 +243,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
   const int64_t num_rows = make_row_geometry(logits).num_rows;
   check_rows_tensor(grad_lse, num_rows, "grad_lse");
   const ForwardTensors o = index_forward(logits, target, w, reduction, ignore_index, label_smoothing, check_finite,
-                                          lse_square_scale, softcap, reduction != kReductionNone, stream);
+                                         lse_square_scale, softcap, reduction != kReductionNone, stream);
   const ScaleHolder scale =
       grad_scale(fwd_grad_loss(grad_loss, logits, reduction, num_rows), reduction, Tensor(), num_rows, logits, acc);
   index_backward(scale, logits, target, w, o.lse, reduction, ignore_index, label_smoothing, lse_square_scale, softcap,
@@ -257,9 +254,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cuda(
 }
 
 std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& logits, const Tensor& target,
-                                                               const std::optional<Tensor>& weight,
-                                                               int64_t reduction, double label_smoothing,
-                                                               bool check_finite, bool acc_loss) {
+                                                               const std::optional<Tensor>& weight, int64_t reduction,
+                                                               double label_smoothing, bool check_finite,
+                                                               bool acc_loss) {
   std::string origin = take_call_origin();  // set by the Python layer for this call, if it named it
   check_prob_op_args(logits, target, weight, reduction);
   const DeviceGuard guard(logits.device());
@@ -270,7 +267,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cuda(const Tensor& log
   const View x = view_of(logits);
   const ForwardTensors o = empty_forward_outputs(logits, reduction, loss_dtype(logits.scalar_type(), acc_loss));
   const DType dtype = dtype_of(logits.scalar_type());
-  const Tensor workspace = at::empty({forward_workspace_bytes(dtype, x.ix, /*prob=*/true)}, logits.options().dtype(at::kByte));
+  const Tensor workspace =
+      at::empty({forward_workspace_bytes(dtype, x.ix, /*prob=*/true)}, logits.options().dtype(at::kByte));
   ProbForward a{};
   // No total weight: torch's mean over probability targets divides by the number of rows.
   a.f = forward_args(logits, x, w, label_smoothing, reduction, check_finite, o.loss, o.lse, workspace, Tensor(),

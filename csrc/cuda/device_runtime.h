@@ -21,17 +21,19 @@
 #include <cuda_runtime_api.h>
 
 #define VL_CUDA_DISPATCH_KEY CPU
-#define VL_CUDA_CHECK(expr)                                                                          \
-  do {                                                                                               \
-    const cudaError_t vl_err = (expr);                                                               \
+#define VL_CUDA_CHECK(expr)                                                                         \
+  do {                                                                                              \
+    const cudaError_t vl_err = (expr);                                                              \
     TORCH_CHECK(vl_err == cudaSuccess, "CUDA error (emulated): ", cudaGetErrorString(vl_err), " (", \
-                static_cast<int>(vl_err), ") from ", #expr);                                         \
+                static_cast<int>(vl_err), ") from ", #expr);                                        \
   } while (0)
 #define VL_CUDA_CHECK_WARN(expr) (void)(expr)
 
 namespace validated_loss::cuda {
 
-inline cudaStream_t current_stream() { return vl_emu::current_stream(); }
+inline cudaStream_t current_stream() {
+  return vl_emu::current_stream();
+}
 
 struct DeviceGuard {
   explicit DeviceGuard(const c10::Device&) {}
@@ -73,7 +75,9 @@ inline at::Tensor pinned_status_buffer(int64_t n) {
 
 namespace validated_loss::cuda {
 
-inline cudaStream_t current_stream() { return at::cuda::getCurrentCUDAStream(); }
+inline cudaStream_t current_stream() {
+  return at::cuda::getCurrentCUDAStream();
+}
 
 using DeviceGuard = c10::cuda::CUDAGuard;
 using CaptureModeGuard = c10::cuda::CUDAStreamCaptureModeGuard;

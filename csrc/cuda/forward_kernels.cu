@@ -55,7 +55,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
     }
     const bool scan = in_range && kind == kTargetValid;
     const T* row = x + (scan ? row_start(f.x.ix, s.row) : 0);
-    const RowSpan span = split_span(row_span(address_of(row), scan ? C : 0, x_stride, sizeof(T)), it.split, plan.splits);
+    const RowSpan span =
+        split_span(row_span(address_of(row), scan ? C : 0, x_stride, sizeof(T)), it.split, plan.splits);
     const T* q_row = nullptr;
     bool q_vec = false;
     if constexpr (kProb) {
@@ -84,7 +85,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
       if (__syncthreads_or(by_terms)) {
         LaneState<acc_t> terms = lane_empty<acc_t>();
         if (by_terms) {
-          auto add = [&](int64_t c, acc_t xc, acc_t qc) { terms.sums.swd += prob_loss_term(k, w ? w[c] : acc_t(1), qc, lse, xc); };
+          auto add = [&](int64_t c, acc_t xc, acc_t qc) {
+            terms.sums.swd += prob_loss_term(k, w ? w[c] : acc_t(1), qc, lse, xc);
+          };
           for_each_unit(
               span, s.lane, plan.team,
               [&](int64_t c) {
@@ -95,7 +98,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
               [&](int64_t c0) {
                 acc_t xs[V], qs[V];
                 load.vector(c0, xs, qs);
-VL_UNROLL
+                VL_UNROLL
                 for (int j = 0; j < V; ++j) add(c0 + j, xs[j], qs[j]);
               });
         }
@@ -194,7 +197,7 @@ cudaError_t launch_forward(const ForwardArgs& f, const IndexTargetArgs& t, const
           const cudaError_t launched = cudaGetLastError();
           if (launched != cudaSuccess) return launched;
           VL_LAUNCH(dim3(static_cast<unsigned>(finish.grid)), kThreads, 0, stream, split_finish_kernel<T>)(f, t, plan,
-                                                                                                         finish);
+                                                                                                           finish);
         }
       }
       return cudaGetLastError();

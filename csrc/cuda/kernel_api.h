@@ -35,28 +35,28 @@ struct MutableView {
 // What every forward shares.
 struct ForwardArgs {
   DType dtype;
-  View x;                    // logits
-  const void* weight;        // C values (acc, or T when weight_narrow), or nullptr
-  bool weight_narrow;        // weight holds T values (half/bfloat16 logits): widened at each read
-  const void* weight_sum;    // device acc scalar: sum of weight (weight_sum_launch), or nullptr
-                             // (then C; read only with label smoothing)
+  View x;                  // logits
+  const void* weight;      // C values (acc, or T when weight_narrow), or nullptr
+  bool weight_narrow;      // weight holds T values (half/bfloat16 logits): widened at each read
+  const void* weight_sum;  // device acc scalar: sum of weight (weight_sum_launch), or nullptr
+                           // (then C; read only with label smoothing)
   double label_smoothing;
-  double z_scale;            // z-loss scale, 0: none (class-index targets)
-  double softcap;            // logit softcap, 0: none (class-index targets)
-  int64_t reduction;         // 0 none, 1 mean, 2 sum
+  double z_scale;     // z-loss scale, 0: none (class-index targets)
+  double softcap;     // logit softcap, 0: none (class-index targets)
+  int64_t reduction;  // 0 none, 1 mean, 2 sum
   bool check_finite;
-  bool loss_acc;             // loss_rows / loss_out hold acc values (acc_loss; the fused op's 'sum'), else T
-  void* loss_rows;           // 'none': T (acc when loss_acc) per row (flat row order); else nullptr
-  void* lse;                 // acc[rows][2]: {max, log_sum} per row (store_row_lse)
-  void* workspace;           // forward_workspace_bytes() (uninitialized)
-  void* loss_out;            // 'mean'/'sum': 0-dim T (acc when loss_acc); else nullptr
-  void* total_weight_out;    // 0-dim acc, or nullptr
-  int64_t* status;           // int64[kStatusSize]
+  bool loss_acc;           // loss_rows / loss_out hold acc values (acc_loss; the fused op's 'sum'), else T
+  void* loss_rows;         // 'none': T (acc when loss_acc) per row (flat row order); else nullptr
+  void* lse;               // acc[rows][2]: {max, log_sum} per row (store_row_lse)
+  void* workspace;         // forward_workspace_bytes() (uninitialized)
+  void* loss_out;          // 'mean'/'sum': 0-dim T (acc when loss_acc); else nullptr
+  void* total_weight_out;  // 0-dim acc, or nullptr
+  int64_t* status;         // int64[kStatusSize]
 };
 
 struct IndexTargetArgs {
-  const void* data;          // contiguous, one per row
-  bool is_byte;              // uint8, else int64
+  const void* data;  // contiguous, one per row
+  bool is_byte;      // uint8, else int64
   int64_t ignore_index;
 };
 
@@ -77,40 +77,40 @@ struct IndexForward {
 
 struct ProbForward {
   ForwardArgs f;
-  View q;                    // probability targets, T, logits' shape
+  View q;  // probability targets, T, logits' shape
 };
 
 struct IndexBackward {
   DType dtype;
   View x;
   IndexTargetArgs t;
-  const void* weight;        // as ForwardArgs'
+  const void* weight;  // as ForwardArgs'
   bool weight_narrow;
   const void* weight_sum;
   double label_smoothing;
   double z_scale;
   double softcap;
   int64_t reduction;
-  const void* lse;           // acc[rows][2] (load_row_lse)
-  const void* lse_grad;      // acc per row: gradient of the row's returned lse, or nullptr
+  const void* lse;       // acc[rows][2] (load_row_lse)
+  const void* lse_grad;  // acc per row: gradient of the row's returned lse, or nullptr
   GradScaleArgs scale;
-  MutableView grad;          // T, logits' shape; may be x itself (every element is read, then
-                             // written, by the same thread)
+  MutableView grad;  // T, logits' shape; may be x itself (every element is read, then
+                     // written, by the same thread)
 };
 
 struct ProbBackward {
   DType dtype;
   View x;
   View q;
-  const void* weight;        // as ForwardArgs'
+  const void* weight;  // as ForwardArgs'
   bool weight_narrow;
   const void* weight_sum;
   double label_smoothing;
   int64_t reduction;
   const void* lse;
   GradScaleArgs scale;
-  MutableView grad;          // d loss / d logits
-  MutableView grad_target;   // d loss / d q, or data == nullptr
+  MutableView grad;         // d loss / d logits
+  MutableView grad_target;  // d loss / d q, or data == nullptr
 };
 
 // Bytes of device workspace a forward over `x` needs (per-block partial totals; for rows split

@@ -11,7 +11,7 @@
 #define VL_DYNAMIC_SHARED(T, name) VL_EMU_DYNAMIC_SHARED(T, name)
 #else
 #define VL_LAUNCH(grid, block, shared, stream, ...) __VA_ARGS__<<<grid, block, shared, stream>>>
-#define VL_DYNAMIC_SHARED(T, name)                    \
+#define VL_DYNAMIC_SHARED(T, name)                                         \
   extern __shared__ __align__(16) unsigned char vl_dynamic_shared_bytes[]; \
   T* name = reinterpret_cast<T*>(vl_dynamic_shared_bytes)
 #endif

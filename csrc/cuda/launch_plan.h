@@ -48,22 +48,22 @@
 
 namespace validated_loss::cuda {
 
-constexpr int kThreads = 256;                        // threads per block, every kernel
-constexpr int kMinBlocksPerSM = 2;                   // __launch_bounds__: lets ptxas use up to 128
-                                                     // registers (it spills rather than go past the
-                                                     // occupancy it picks when given none)
+constexpr int kThreads = 256;       // threads per block, every kernel
+constexpr int kMinBlocksPerSM = 2;  // __launch_bounds__: lets ptxas use up to 128
+                                    // registers (it spills rather than go past the
+                                    // occupancy it picks when given none)
 constexpr int kWarpSize = 32;
 constexpr int kVectorBytes = 16;
-constexpr int64_t kMaxGrid = int64_t(1) << 20;       // blocks per launch, at most
-constexpr int64_t kUnitsPerLane = 4;                 // team mapping: aim for this many units a lane
-constexpr int64_t kTeamMaxUnitsPerLane = 16;         // a warp per row takes up to 16 units a lane
+constexpr int64_t kMaxGrid = int64_t(1) << 20;                           // blocks per launch, at most
+constexpr int64_t kUnitsPerLane = 4;                                     // team mapping: aim for this many units a lane
+constexpr int64_t kTeamMaxUnitsPerLane = 16;                             // a warp per row takes up to 16 units a lane
 constexpr int64_t kBlockRowMinUnits = kWarpSize * kTeamMaxUnitsPerLane;  // above: a block per row
-constexpr int64_t kThreadPerRowMinRows = 1024;       // strided classes: a thread per row from here
-constexpr int64_t kThreadPerRowMaxClasses = 32;      // ... for at most this many classes
-constexpr int kTileRows = 32;                        // kTiledRows: adjacent rows per block (a warp)
-constexpr int64_t kFillBlocks = 1024;                // blocks that fill a 132-SM GPU several times
-                                                     // (8 resident blocks of 256 threads per SM)
-constexpr int64_t kSplitMinUnitsPerLane = 8;         // a split gives each lane at least this many
+constexpr int64_t kThreadPerRowMinRows = 1024;                           // strided classes: a thread per row from here
+constexpr int64_t kThreadPerRowMaxClasses = 32;                          // ... for at most this many classes
+constexpr int kTileRows = 32;                                            // kTiledRows: adjacent rows per block (a warp)
+constexpr int64_t kFillBlocks = 1024;                                    // blocks that fill a 132-SM GPU several times
+                                                                         // (8 resident blocks of 256 threads per SM)
+constexpr int64_t kSplitMinUnitsPerLane = 8;                             // a split gives each lane at least this many
 
 enum Mapping : int { kTeamRows = 0, kBlockRow = 1, kTiledRows = 2 };
 
@@ -164,10 +164,10 @@ struct LaunchPlan {
                        // threads / kTileRows (kTiledRows)
   int rows_per_block;  // threads / team
   int64_t num_rows;
-  int64_t groups;      // row groups of rows_per_block rows
-  int64_t splits;      // class ranges per row, each its own work item (1: whole rows)
-  int64_t items;       // groups * splits
-  int64_t grid;        // blocks launched: min(items, kMaxGrid); 0 when there are no rows
+  int64_t groups;  // row groups of rows_per_block rows
+  int64_t splits;  // class ranges per row, each its own work item (1: whole rows)
+  int64_t items;   // groups * splits
+  int64_t grid;    // blocks launched: min(items, kMaxGrid); 0 when there are no rows
 };
 
 // How many class ranges a row of `units` units is split into when `groups` row groups of `team`
@@ -270,8 +270,8 @@ XENT_HD Item item_of(const LaunchPlan& p, int64_t item) {
 
 // How the lanes of a team split one row (or one split's class range of it).
 struct RowSpan {
-  int64_t num_classes; // end of the tail
-  int64_t head_begin;  // classes [head_begin, head): scalar, at the class stride
+  int64_t num_classes;  // end of the tail
+  int64_t head_begin;   // classes [head_begin, head): scalar, at the class stride
   int64_t head;
   int64_t vec_begin;   // then vectors vec_begin .. nvec - 1 of `vec` classes each, vector v at
   int64_t nvec;        //   class base + v * vec

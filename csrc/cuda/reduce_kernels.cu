@@ -51,9 +51,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSM)
   if (threadIdx.x != 0) return;
   if (loss_out) {
     const double divisor = mean_over_rows ? num_rows : t.total_weight;
-    const double loss =
-        reduction == kReductionMean ? mean_loss<acc_of<T>>(t.loss_sum, divisor, smoothing && !mean_over_rows)
-                                    : t.loss_sum;
+    const double loss = reduction == kReductionMean
+                            ? mean_loss<acc_of<T>>(t.loss_sum, divisor, smoothing && !mean_over_rows)
+                            : t.loss_sum;
     if (loss_acc) {
       *static_cast<acc_of<T>*>(loss_out) = static_cast<acc_of<T>>(loss);
     } else {

@@ -46,9 +46,8 @@ XENT_HD RowOut<acc_t> index_row_finish(const LossConstants<acc_t>& k, int64_t ro
 // by_terms: the row's loss is term_loss, summed term by term (a row prob_row_needs_terms names).
 // (By value: a pointer to it would put it in local memory on the GPU.)
 template <typename acc_t>
-XENT_HD RowOut<acc_t> prob_row_finish(const LossConstants<acc_t>& k, int64_t row, acc_t ref,
-                                      const LaneState<acc_t>& st, BlockTotals& totals, bool by_terms = false,
-                                      acc_t term_loss = acc_t(0)) {
+XENT_HD RowOut<acc_t> prob_row_finish(const LossConstants<acc_t>& k, int64_t row, acc_t ref, const LaneState<acc_t>& st,
+                                      BlockTotals& totals, bool by_terms = false, acc_t term_loss = acc_t(0)) {
   totals_note_nonfinite(totals, row, st.bad_class);
   RowOut<acc_t> out;
   out.lse = row_lse(st.lse);
@@ -83,7 +82,7 @@ struct IndexGradRow {
 
 template <typename acc_t, typename W>
 XENT_HD IndexGradRow<acc_t, W> index_grad_row(const LossConstants<acc_t>& k, W w, int64_t y, acc_t scale,
-                                           RowLse<acc_t> lse, acc_t lse_grad = acc_t(0)) {
+                                              RowLse<acc_t> lse, acc_t lse_grad = acc_t(0)) {
   const acc_t w_y = w ? w[y] : acc_t(1);
   return {k, w, y, w_y, index_row_mass(k, w_y), scale, lse, softmax_extra(k, scale, lse, lse_grad)};
 }
@@ -101,9 +100,7 @@ struct ProbGradRow {
   XENT_HD acc_t dx(int64_t c, acc_t x, acc_t q) const {
     return grad_element(scale, mass, x, lse, prob_target_mass(k, w ? w[c] : acc_t(1), q));
   }
-  XENT_HD acc_t dq(int64_t c, acc_t x) const {
-    return prob_target_grad(k, scale, w ? w[c] : acc_t(1), x, lse);
-  }
+  XENT_HD acc_t dq(int64_t c, acc_t x) const { return prob_target_grad(k, scale, w ? w[c] : acc_t(1), x, lse); }
 };
 
 // One element's share of sum_c w_c q_c.

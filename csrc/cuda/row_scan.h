@@ -31,7 +31,8 @@ XENT_HD LaneState<acc_t> lane_empty() {
 
 template <typename acc_t>
 XENT_HD LaneState<acc_t> lane_combine(const LaneState<acc_t>& a, const LaneState<acc_t>& b) {
-  return {lse_combine(a.lse, b.lse), row_sums_add(a.sums, b.sums), a.bad_class < b.bad_class ? a.bad_class : b.bad_class};
+  return {lse_combine(a.lse, b.lse), row_sums_add(a.sums, b.sums),
+          a.bad_class < b.bad_class ? a.bad_class : b.bad_class};
 }
 
 struct ScanOptions {
@@ -63,8 +64,8 @@ XENT_HD void lane_element_sums(LaneState<acc_t>& st, int64_t c, acc_t x, acc_t w
 //   w                         class weights as `w ? w[c] : 1` reads them (row_ops.h's W)
 VL_EXEC_CHECK_DISABLE
 template <typename acc_t, int V, typename Loader, typename W>
-XENT_HD LaneState<acc_t> scan_lane(const RowSpan& span, int lane, int team, const Loader& load, W w,
-                                   acc_t ref, const ScanOptions& o) {
+XENT_HD LaneState<acc_t> scan_lane(const RowSpan& span, int lane, int team, const Loader& load, W w, acc_t ref,
+                                   const ScanOptions& o) {
   LaneState<acc_t> st = lane_empty<acc_t>();
   for_each_unit(
       span, lane, team,
@@ -78,16 +79,16 @@ XENT_HD LaneState<acc_t> scan_lane(const RowSpan& span, int lane, int team, cons
         acc_t xs[V], qs[V];
         load.vector(c0, xs, qs);
         acc_t m = xs[0];
-VL_UNROLL
+        VL_UNROLL
         for (int j = 1; j < V; ++j) m = nan_max(m, xs[j]);
         if (m != -INFINITY) {  // a vector of -inf adds nothing (and exp(-inf - -inf) is NaN)
           acc_t s = acc_t(0);
-VL_UNROLL
+          VL_UNROLL
           for (int j = 0; j < V; ++j) s += std::exp(xs[j] - m);
           st.lse = lse_combine(st.lse, LseState<acc_t>{m, s});
         }
         if (o.need_sums || o.check_finite) {
-VL_UNROLL
+          VL_UNROLL
           for (int j = 0; j < V; ++j) {
             lane_element_sums(st, c0 + j, xs[j], (o.need_sums && w) ? w[c0 + j] : acc_t(1), qs[j], ref, o);
           }
@@ -102,7 +103,7 @@ struct BlockTotals {
   double loss_sum;
   double total_weight;
   InvalidTarget invalid;
-  int64_t nonfinite_row;    // smallest row with a non-finite logit, -1 if none
+  int64_t nonfinite_row;  // smallest row with a non-finite logit, -1 if none
   int64_t nonfinite_class;
   int64_t nonfinite_count;
 };

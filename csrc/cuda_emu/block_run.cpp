@@ -27,14 +27,22 @@ enum class State { kReady, kRunning, kBarrier, kWarpOp, kExited };
 
 const char* op_name(WarpOp op) {
   switch (op) {
-    case WarpOp::kShflIdx: return "__shfl_sync";
-    case WarpOp::kShflUp: return "__shfl_up_sync";
-    case WarpOp::kShflDown: return "__shfl_down_sync";
-    case WarpOp::kShflXor: return "__shfl_xor_sync";
-    case WarpOp::kBallot: return "__ballot_sync";
-    case WarpOp::kAny: return "__any_sync";
-    case WarpOp::kAll: return "__all_sync";
-    case WarpOp::kSyncWarp: return "__syncwarp";
+    case WarpOp::kShflIdx:
+      return "__shfl_sync";
+    case WarpOp::kShflUp:
+      return "__shfl_up_sync";
+    case WarpOp::kShflDown:
+      return "__shfl_down_sync";
+    case WarpOp::kShflXor:
+      return "__shfl_xor_sync";
+    case WarpOp::kBallot:
+      return "__ballot_sync";
+    case WarpOp::kAny:
+      return "__any_sync";
+    case WarpOp::kAll:
+      return "__all_sync";
+    case WarpOp::kSyncWarp:
+      return "__syncwarp";
   }
   return "?";
 }
@@ -57,8 +65,8 @@ struct EmuThread {
   int param = 0;
   int width = kWarp;
   size_t bytes = 0;
-  int predicate = 0;       // at a barrier: this thread's predicate; after it: the block's count
-  int arrived = 0;         // after a barrier: how many threads it released
+  int predicate = 0;  // at a barrier: this thread's predicate; after it: the block's count
+  int arrived = 0;    // after a barrier: how many threads it released
   unsigned char value[16]{};
   unsigned char result[16]{};
   std::exception_ptr exception;
@@ -193,8 +201,9 @@ class BlockRun {
       try_complete(t);
     }
     t.fiber->yield();
-    if (result) std::memcpy(result, t.result, op == WarpOp::kBallot || op == WarpOp::kAny || op == WarpOp::kAll
-                                                   ? sizeof(unsigned) : bytes);
+    if (result)
+      std::memcpy(result, t.result,
+                  op == WarpOp::kBallot || op == WarpOp::kAny || op == WarpOp::kAll ? sizeof(unsigned) : bytes);
   }
 
   unsigned active_mask() {
@@ -287,8 +296,9 @@ class BlockRun {
         if (pred) ballot |= 1u << (tid % kWarp);
       }
       const unsigned mask = threads_[tids[0]]->mask;
-      const unsigned r = op == WarpOp::kBallot ? ballot : op == WarpOp::kAny ? unsigned(ballot != 0)
-                                                                             : unsigned(ballot == mask);
+      const unsigned r = op == WarpOp::kBallot ? ballot
+                         : op == WarpOp::kAny  ? unsigned(ballot != 0)
+                                               : unsigned(ballot == mask);
       for (int tid : tids) std::memcpy(threads_[tid]->result, &r, sizeof(r));
       return;
     }
@@ -299,11 +309,20 @@ class BlockRun {
       const int seg = lane & ~(w - 1);
       int src = lane;
       switch (op) {
-        case WarpOp::kShflIdx: src = seg + (t.param & (w - 1)); break;
-        case WarpOp::kShflUp: src = (lane - seg) >= t.param ? lane - t.param : lane; break;
-        case WarpOp::kShflDown: src = (lane - seg) + t.param < w ? lane + t.param : lane; break;
-        case WarpOp::kShflXor: src = (lane ^ t.param) < seg + w ? (lane ^ t.param) : lane; break;
-        default: break;
+        case WarpOp::kShflIdx:
+          src = seg + (t.param & (w - 1));
+          break;
+        case WarpOp::kShflUp:
+          src = (lane - seg) >= t.param ? lane - t.param : lane;
+          break;
+        case WarpOp::kShflDown:
+          src = (lane - seg) + t.param < w ? lane + t.param : lane;
+          break;
+        case WarpOp::kShflXor:
+          src = (lane ^ t.param) < seg + w ? (lane ^ t.param) : lane;
+          break;
+        default:
+          break;
       }
       if (!(t.mask & (1u << src))) {
         report(t, std::string(op_name(op)) + " reads lane " + std::to_string(src) + ", which the mask 0x" +
@@ -466,9 +485,12 @@ Schedule schedule_from_env() {
 
 std::string describe(const Schedule& s) {
   switch (s.order) {
-    case Order::kForward: return "forward";
-    case Order::kReverse: return "reverse";
-    case Order::kRandom: return "random:" + std::to_string(s.seed);
+    case Order::kForward:
+      return "forward";
+    case Order::kReverse:
+      return "reverse";
+    case Order::kRandom:
+      return "random:" + std::to_string(s.seed);
   }
   return "?";
 }
@@ -476,8 +498,8 @@ std::string describe(const Schedule& s) {
 void run_grid(const LaunchConfig& config, const Schedule& schedule, const std::function<void()>& body) {
   const int64_t threads = int64_t(config.block.x) * config.block.y * config.block.z;
   if (threads < 1 || threads > kMaxThreads) {
-    throw EmulationError(std::string("CUDA emulation: kernel ") + config.kernel + " launched at " +
-                         where(config.site) + " with " + std::to_string(threads) +
+    throw EmulationError(std::string("CUDA emulation: kernel ") + config.kernel + " launched at " + where(config.site) +
+                         " with " + std::to_string(threads) +
                          " threads per block (1 to 1024: cudaErrorInvalidConfiguration on a GPU)");
   }
   {
@@ -499,7 +521,8 @@ void run_grid(const LaunchConfig& config, const Schedule& schedule, const std::f
       const int64_t i = next.fetch_add(1);
       if (i >= nblocks) return;
       const int64_t b = order[i];
-      const uint3_t block{static_cast<unsigned>(b % config.grid.x), static_cast<unsigned>((b / config.grid.x) % config.grid.y),
+      const uint3_t block{static_cast<unsigned>(b % config.grid.x),
+                          static_cast<unsigned>((b / config.grid.x) % config.grid.y),
                           static_cast<unsigned>(b / (int64_t(config.grid.x) * config.grid.y))};
       try {
         BlockRun(config, schedule, body, block, mix(schedule.seed ^ mix(static_cast<uint64_t>(b)))).run();
@@ -537,18 +560,30 @@ void reset_launch_counts() {
   counts().clear();
 }
 
-const uint3_t& thread_idx() { current_block(); return t_thread->idx; }
-const uint3_t& block_idx() { return current_block().block_idx(); }
-const uint3_t& block_dim() { return current_block().config().block; }
-const uint3_t& grid_dim() { return current_block().config().grid; }
-void* dynamic_shared_memory() { return current_block().shared(); }
+const uint3_t& thread_idx() {
+  current_block();
+  return t_thread->idx;
+}
+const uint3_t& block_idx() {
+  return current_block().block_idx();
+}
+const uint3_t& block_dim() {
+  return current_block().config().block;
+}
+const uint3_t& grid_dim() {
+  return current_block().config().grid;
+}
+void* dynamic_shared_memory() {
+  return current_block().shared();
+}
 int syncthreads(Site site, int predicate, int* arrived) {
   return current_block().syncthreads(site, predicate, arrived);
 }
-unsigned active_mask() { return current_block().active_mask(); }
+unsigned active_mask() {
+  return current_block().active_mask();
+}
 
-void warp_op(WarpOp op, unsigned mask, const void* value, size_t bytes, int param, int width, void* result,
-             Site site) {
+void warp_op(WarpOp op, unsigned mask, const void* value, size_t bytes, int param, int width, void* result, Site site) {
   if (bytes > 16) throw EmulationError("CUDA emulation: a warp operand of more than 16 bytes");
   current_block().warp_op(op, mask, value, bytes, param, width, result, site);
 }

@@ -76,8 +76,7 @@ void* dynamic_shared_memory();
 int syncthreads(Site site, int predicate = 0, int* arrived = nullptr);
 // value/result: `bytes` (<= 16) of the lane's operand and result; param: source lane, delta or
 // lane mask; predicate ops pass an int and get an unsigned (ballot) or int.
-void warp_op(WarpOp op, unsigned mask, const void* value, size_t bytes, int param, int width, void* result,
-             Site site);
+void warp_op(WarpOp op, unsigned mask, const void* value, size_t bytes, int param, int width, void* result, Site site);
 unsigned active_mask();
 
 }  // namespace vl_emu

@@ -31,10 +31,17 @@ using uint3 = vl_emu::uint3_t;
 #define VL_EMU_DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(::vl_emu::dynamic_shared_memory())
 
 #define VL_EMU_SITE const char *vl_file = __builtin_FILE(), int vl_line = __builtin_LINE()
-#define VL_EMU_HERE ::vl_emu::Site{vl_file, vl_line}
+#define VL_EMU_HERE  \
+  ::vl_emu::Site {   \
+    vl_file, vl_line \
+  }
 
-inline void __syncthreads(VL_EMU_SITE) { ::vl_emu::syncthreads(VL_EMU_HERE); }
-inline int __syncthreads_count(int predicate, VL_EMU_SITE) { return ::vl_emu::syncthreads(VL_EMU_HERE, predicate); }
+inline void __syncthreads(VL_EMU_SITE) {
+  ::vl_emu::syncthreads(VL_EMU_HERE);
+}
+inline int __syncthreads_count(int predicate, VL_EMU_SITE) {
+  return ::vl_emu::syncthreads(VL_EMU_HERE, predicate);
+}
 inline int __syncthreads_or(int predicate, VL_EMU_SITE) {
   return ::vl_emu::syncthreads(VL_EMU_HERE, predicate) > 0;
 }
@@ -45,7 +52,9 @@ inline int __syncthreads_and(int predicate, VL_EMU_SITE) {
 inline void __syncwarp(unsigned mask = 0xffffffffu, VL_EMU_SITE) {
   ::vl_emu::warp_op(::vl_emu::WarpOp::kSyncWarp, mask, nullptr, 0, 0, 32, nullptr, VL_EMU_HERE);
 }
-inline unsigned __activemask() { return ::vl_emu::active_mask(); }
+inline unsigned __activemask() {
+  return ::vl_emu::active_mask();
+}
 
 namespace vl_emu {
 template <typename T>
@@ -90,9 +99,15 @@ inline int __all_sync(unsigned mask, int predicate, VL_EMU_SITE) {
 }
 
 // Fences: blocks run on several OS threads, so these are real fences.
-inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline void __threadfence_system() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+inline void __threadfence_block() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
+inline void __threadfence_system() {
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+}
 
 // Atomics (really atomic: blocks run concurrently). Return the old value, as CUDA's.
 template <typename T>
@@ -133,21 +148,55 @@ T atomicExch(T* address, T value) {
 }
 
 // Bit reinterpretation.
-inline float __uint_as_float(unsigned v) { float f; std::memcpy(&f, &v, 4); return f; }
-inline unsigned __float_as_uint(float f) { unsigned v; std::memcpy(&v, &f, 4); return v; }
-inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
-inline int __float_as_int(float f) { int v; std::memcpy(&v, &f, 4); return v; }
+inline float __uint_as_float(unsigned v) {
+  float f;
+  std::memcpy(&f, &v, 4);
+  return f;
+}
+inline unsigned __float_as_uint(float f) {
+  unsigned v;
+  std::memcpy(&v, &f, 4);
+  return v;
+}
+inline float __int_as_float(int v) {
+  float f;
+  std::memcpy(&f, &v, 4);
+  return f;
+}
+inline int __float_as_int(float f) {
+  int v;
+  std::memcpy(&v, &f, 4);
+  return v;
+}
 inline uint64_t __umul64hi(uint64_t a, uint64_t b) {
   return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * b) >> 64);
 }
 
 // Vector types with CUDA's sizes and alignments.
-struct alignas(8) float2 { float x, y; };
-struct alignas(16) float4 { float x, y, z, w; };
-struct alignas(16) double2 { double x, y; };
-struct alignas(8) int2 { int x, y; };
-struct alignas(16) int4 { int x, y, z, w; };
-struct alignas(16) uint4 { unsigned x, y, z, w; };
-struct alignas(16) longlong2 { long long x, y; };
-inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
-inline int4 make_int4(int x, int y, int z, int w) { return {x, y, z, w}; }
+struct alignas(8) float2 {
+  float x, y;
+};
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+struct alignas(16) double2 {
+  double x, y;
+};
+struct alignas(8) int2 {
+  int x, y;
+};
+struct alignas(16) int4 {
+  int x, y, z, w;
+};
+struct alignas(16) uint4 {
+  unsigned x, y, z, w;
+};
+struct alignas(16) longlong2 {
+  long long x, y;
+};
+inline float4 make_float4(float x, float y, float z, float w) {
+  return {x, y, z, w};
+}
+inline int4 make_int4(int x, int y, int z, int w) {
+  return {x, y, z, w};
+}

@@ -116,11 +116,17 @@ bool graphs_alive() {
   return capture_stream != nullptr || !graphs().empty();
 }
 
-int64_t set_event_delay_op(int64_t n) { return set_event_delay(static_cast<int>(n)); }
+int64_t set_event_delay_op(int64_t n) {
+  return set_event_delay(static_cast<int>(n));
+}
 
-std::string launch_counts_op() { return launch_counts(); }
+std::string launch_counts_op() {
+  return launch_counts();
+}
 
-void reset_launch_counts_op() { reset_launch_counts(); }
+void reset_launch_counts_op() {
+  reset_launch_counts();
+}
 
 }  // namespace
 }  // namespace vl_emu

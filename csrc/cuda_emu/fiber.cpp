@@ -113,12 +113,12 @@ Fiber::Fiber(Entry entry, void* arg, size_t stack_bytes) {
   asm volatile("stmxcsr %0" : "=m"(mxcsr));
   asm volatile("fnstcw %0" : "=m"(fpucw));
   frame[0] = uint64_t{mxcsr} | (uint64_t{fpucw} << 32);
-  frame[1] = 0;                                           // r15
-  frame[2] = 0;                                           // r14
-  frame[3] = reinterpret_cast<uint64_t>(entry);           // r13
-  frame[4] = reinterpret_cast<uint64_t>(arg);             // r12
-  frame[5] = 0;                                           // rbx
-  frame[6] = 0;                                           // rbp
+  frame[1] = 0;                                               // r15
+  frame[2] = 0;                                               // r14
+  frame[3] = reinterpret_cast<uint64_t>(entry);               // r13
+  frame[4] = reinterpret_cast<uint64_t>(arg);                 // r12
+  frame[5] = 0;                                               // rbx
+  frame[6] = 0;                                               // rbp
   frame[7] = reinterpret_cast<uint64_t>(&vl_emu_trampoline);  // return address
   sp_ = frame;
 #else

@@ -37,7 +37,7 @@ class Fiber {
   [[noreturn]] void finish();
 
  private:
-  void* stack_ = nullptr;      // mmap'd, with a guard page at its low end
+  void* stack_ = nullptr;  // mmap'd, with a guard page at its low end
   size_t stack_bytes_ = 0;
 #if defined(__x86_64__)
   void* sp_ = nullptr;         // the fiber's saved stack pointer while it is switched out

@@ -13,10 +13,18 @@ struct __nv_bfloat16 {
   unsigned short __x;
 };
 
-inline __half __ushort_as_half(unsigned short v) { return {v}; }
-inline unsigned short __half_as_ushort(__half h) { return h.__x; }
-inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short v) { return {v}; }
-inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.__x; }
+inline __half __ushort_as_half(unsigned short v) {
+  return {v};
+}
+inline unsigned short __half_as_ushort(__half h) {
+  return h.__x;
+}
+inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short v) {
+  return {v};
+}
+inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) {
+  return h.__x;
+}
 
 inline float __half2float(__half h) {
   const uint32_t sign = uint32_t(h.__x & 0x8000u) << 16;
@@ -47,9 +55,9 @@ inline __half __float2half_rn(float f) {
   std::memcpy(&x, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
   const uint32_t abs = x & 0x7fffffffu;
-  if (abs > 0x7f800000u) return {static_cast<unsigned short>(sign | 0x7e00u)};  // NaN
+  if (abs > 0x7f800000u) return {static_cast<unsigned short>(sign | 0x7e00u)};   // NaN
   if (abs >= 0x477ff000u) return {static_cast<unsigned short>(sign | 0x7c00u)};  // rounds to inf
-  if (abs < 0x38800000u) {  // half subnormal or zero: value / 2^-24, rounded to nearest even
+  if (abs < 0x38800000u) {                 // half subnormal or zero: value / 2^-24, rounded to nearest even
     if (abs < 0x33000000u) return {sign};  // below half the smallest subnormal
     const uint32_t exp = abs >> 23;
     const uint32_t mant = (abs & 0x7fffffu) | 0x800000u;

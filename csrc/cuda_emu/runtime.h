@@ -101,7 +101,8 @@ cudaError_t cudaHostAlloc(void** ptr, size_t bytes, unsigned flags);
 cudaError_t cudaFreeHost(void* ptr);
 cudaError_t cudaHostGetDevicePointer(void** device, void* host, unsigned flags);
 cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind);
-cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaStream_t stream = nullptr);
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream = nullptr);
 cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream = nullptr);
 
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags = 0);
@@ -139,9 +140,7 @@ class Launch {
     return [config = config_, stream = stream_, fn](auto&&... args) {
       // Parameters are copied at the launch, as CUDA copies them into the kernel's parameter space.
       auto params = std::make_shared<std::tuple<std::decay_t<P>...>>(std::forward<decltype(args)>(args)...);
-      submit(stream, [config, fn, params] {
-        run_grid(config, schedule_from_env(), [&] { std::apply(fn, *params); });
-      });
+      submit(stream, [config, fn, params] { run_grid(config, schedule_from_env(), [&] { std::apply(fn, *params); }); });
     };
   }
 

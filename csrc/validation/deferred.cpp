@@ -42,8 +42,7 @@ std::string take_call_origin() {
 
 CallSite new_call_site(at::IntArrayRef target_sizes, int64_t num_classes, int64_t ignore_index,
                        at::IntArrayRef logits_sizes, std::string origin) {
-  return CallSite{target_sizes.vec(), num_classes, ignore_index, logits_sizes.vec(), ++calls_queued,
-                  std::move(origin)};
+  return CallSite{target_sizes.vec(), num_classes, ignore_index, logits_sizes.vec(), ++calls_queued, std::move(origin)};
 }
 
 size_t pending_checks() {

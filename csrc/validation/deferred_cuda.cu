@@ -78,9 +78,9 @@ void queue_copy(const at::Tensor& status, cudaStream_t stream, CallSite site) {
   at::Tensor host = pinned_status_buffer(kStatusSize);
   host.copy_(status, /*non_blocking=*/true);
   auto copied = std::make_shared<CopyEvent>(stream);
-  status_queue().push(PendingStatus{
-      std::shared_ptr<const int64_t>(host.const_data_ptr<int64_t>(), [host](const int64_t*) {}),
-      [copied] { return copied->landed(); }, std::move(site)});
+  status_queue().push(
+      PendingStatus{std::shared_ptr<const int64_t>(host.const_data_ptr<int64_t>(), [host](const int64_t*) {}),
+                    [copied] { return copied->landed(); }, std::move(site)});
 }
 
 // Graph slots live in mapped pinned memory allocated a chunk at a time and never freed (a slot

@@ -28,7 +28,8 @@ PyObject* py_clear_checks(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"set_call_origin", py_set_call_origin, METH_O,
      "Names the check the next op call on this thread queues (the caller's file:line)."},
-    {"pending_checks", py_pending_checks, METH_NOARGS, "Checks queued, and CUDA-graph slots holding a record or whose graph is gone."},
+    {"pending_checks", py_pending_checks, METH_NOARGS,
+     "Checks queued, and CUDA-graph slots holding a record or whose graph is gone."},
     {"clear_checks", py_clear_checks, METH_NOARGS, "Drops every queued check and unread graph record."},
     {nullptr, nullptr, 0, nullptr},
 };
