@@ -26,7 +26,8 @@ HOST_SOURCES = ["ops.cpp", "op_common.cpp", "python_errors.cpp", "validation/def
                 "cpu/gradient_buffer.cpp"]
 # The CUDA source: the ops and kernels, and validation's CUDA side.
 CU_DIRS = ["cuda", "validation"]
-EMU_SOURCES = ["cuda_emu/block_run.cpp", "cuda_emu/fiber.cpp", "cuda_emu/runtime.cpp", "cuda_emu/emu_ops.cpp"]
+EMU_SOURCES = ["cuda_emu/block_run.cpp", "cuda_emu/grid_run.cpp", "cuda_emu/fiber.cpp", "cuda_emu/runtime.cpp",
+               "cuda_emu/emu_ops.cpp"]
 
 
 def wrapper_sources(csrc, out):

@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EMU = ROOT / "csrc" / "cuda_emu"
-SOURCES = [ROOT / "tests" / "cuda_emu_selftest.cpp", EMU / "block_run.cpp", EMU / "fiber.cpp", EMU / "runtime.cpp"]
+SOURCES = [ROOT / "tests" / "cuda_emu_selftest.cpp", EMU / "block_run.cpp", EMU / "grid_run.cpp", EMU / "fiber.cpp",
+           EMU / "runtime.cpp"]
 SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
 
 

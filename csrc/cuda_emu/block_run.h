@@ -63,6 +63,14 @@ void run_grid(const LaunchConfig& config, const Schedule& schedule, const std::f
 std::string launch_counts();
 void reset_launch_counts();
 
+// Between grid_run.cpp (run_grid: the grid, its block order, the OS threads) and block_run.cpp
+// (one block's threads as fibers):
+constexpr int kMaxBlockThreads = 1024;
+void run_block(const LaunchConfig& config, const Schedule& schedule, const std::function<void()>& body, uint3_t block,
+               uint64_t seed);
+bool inside_block();               // this OS thread is running a block (a launch from a kernel runs inline)
+std::string where(const Site& s);  // "file:line"
+
 // ---- device side (valid only inside a kernel) ----
 enum class WarpOp : int { kShflIdx, kShflUp, kShflDown, kShflXor, kBallot, kAny, kAll, kSyncWarp };
 
