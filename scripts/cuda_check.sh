@@ -45,8 +45,10 @@ mkdir -p "$SRC" "$OUT/temp"
 rm -rf "$SRC/csrc"
 cp -a setup.py pyproject.toml csrc "$SRC/"
 [ -f README.md ] && cp -a README.md "$SRC/"
-mkdir -p "$SRC/validated_loss"
-find validated_loss -maxdepth 1 -name '*.py' ! -name '_build_info.py' -exec cp -a {} "$SRC/validated_loss/" \;
+# The package's Python, subpackages included (validated_loss/tools), as git lists it; the module
+# is linked again below anyway (the CUDA objects are always rebuilt).
+rm -rf "$SRC/validated_loss"
+git ls-files -z --cached --others --exclude-standard -- 'validated_loss/*.py' | tar --null -T - -cf - | tar -xf - -C "$SRC"
 
 echo "cuda_check: nvcc $("$CUDA_HOME/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\).*/\1/p'), torch $("$PY" -c 'import torch; print(torch.__version__)'), archs $TORCH_CUDA_ARCH_LIST, $MAX_JOBS jobs"
 # The CUDA objects are always rebuilt, so that build.log holds ptxas's report for every kernel
