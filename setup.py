@@ -238,7 +238,8 @@ def extension(torch):
         link += [f"-fsanitize={sanitize}"]
     sources = [f"{CSRC}/ops.cpp", f"{CSRC}/op_common.cpp", f"{CSRC}/cpu/cross_entropy.cpp",
                f"{CSRC}/cpu/gradient_buffer.cpp", f"{CSRC}/python_errors.cpp", f"{CSRC}/deferred_queue.cpp",
-               f"{CSRC}/graph_slots.cpp", f"{CSRC}/deferred.cpp", f"{CSRC}/deferred_python.cpp"]
+               f"{CSRC}/graph_slots.cpp", f"{CSRC}/deferred.cpp", f"{CSRC}/deferred_python.cpp",
+               f"{CSRC}/autograd.cpp"]
     sources += [kernel_source(c) for c in CAPABILITIES]
     cuda_home = cuda_toolkit(cpp_extension.CUDA_HOME)
     cuda, cuda_note = cuda_plan(torch, cuda_home)

@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The host code every build shares, the CUDA ops and kernels, the emulation.
 HOST_SOURCES = ["ops.cpp", "op_common.cpp", "python_errors.cpp", "deferred_queue.cpp", "graph_slots.cpp",
-                "deferred.cpp", "deferred_python.cpp", "cpu/gradient_buffer.cpp"]
+                "deferred.cpp", "deferred_python.cpp", "cpu/gradient_buffer.cpp", "autograd.cpp"]
 EMU_SOURCES = ["cuda_emu/block_run.cpp", "cuda_emu/fiber.cpp", "cuda_emu/runtime.cpp", "cuda_emu/emu_ops.cpp"]
 
 
