@@ -153,8 +153,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_autograd(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(validated_loss, Autograd, m) {
-  m.impl("cross_entropy_fwd", &cross_entropy_fwd_autograd);
+// Registered on demand (validated_loss._C.register_autograd(), from _autograd.py) rather than by a
+// static initialiser: with a torch of another minor release than the build's, the C++ autograd
+// internals torch::autograd::Function instantiates (e.g. _wrap_outputs) may not exist, and _C, loaded
+// with lazy binding (_library.py), must not call them; Python's autograd is registered instead.
+void register_cpp_autograd() {
+  static std::unique_ptr<torch::Library> library;
+  if (library) return;
+  library = std::make_unique<torch::Library>(torch::Library::IMPL, "validated_loss", c10::DispatchKey::Autograd,
+                                             __FILE__, __LINE__);
+  library->impl("cross_entropy_fwd", &cross_entropy_fwd_autograd);
 }
 
 }  // namespace validated_loss

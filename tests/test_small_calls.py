@@ -86,3 +86,42 @@ def test_common_case_is_decided_in_one_place():
     assert functional._common_case(x, y)
     assert not functional._common_case(x, y.int())
     assert not functional._common_case(x.unsqueeze(-1), y.unsqueeze(-1))
+
+
+def test_the_python_autograd_fallback_still_works():
+    """With a torch of another minor release than the build's, cross_entropy_fwd's autograd is the
+    Python one (_autograd.cpp_forward_autograd); VALIDATED_LOSS_PYTHON_AUTOGRAD=1 forces it here."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    code = """
+import torch, torch.nn.functional as F
+import validated_loss as vl
+from validated_loss import _autograd
+assert not _autograd.CPP_FORWARD_AUTOGRAD
+x = torch.randn(5, 4, dtype=torch.float64)
+y = torch.tensor([0, 1, 2, 3, 0])
+ours, ref = x.clone().requires_grad_(), x.clone().requires_grad_()
+vl.cross_entropy(ours, y, label_smoothing=0.1).backward()
+F.cross_entropy(ref, y, label_smoothing=0.1).backward()
+torch.testing.assert_close(ours.grad, ref.grad)
+assert torch.autograd.gradgradcheck(lambda t: vl.cross_entropy(t, y), (x.clone().requires_grad_(),))
+scaled = x.clone().requires_grad_() * 1.0
+loss = vl.cross_entropy(scaled, y)
+scaled.div_(2.0)
+try:
+    loss.backward()
+    raise SystemExit("no error")
+except vl.LogitsModifiedError:
+    pass
+logits = x.clone().requires_grad_() * 1.0
+vl.cross_entropy(logits, y, inplace_backward=True).backward()
+print("ok")
+"""
+    root = pathlib.Path(__file__).resolve().parent.parent
+    env = dict(os.environ, VALIDATED_LOSS_PYTHON_AUTOGRAD="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -1,22 +1,45 @@
 """Autograd of the ops (torch.library.register_autograd), reading the ops' inputs by name; the
-forward op's is C++ (csrc/autograd.cpp).
+forward op's is C++ (csrc/autograd.cpp) where _C was built against the running torch's minor release
+(a training step's loss then crosses no Python between forward and gradient; issue 16), else the
+Python version here.
 
 First-order gradients come from the backward ops; the rarely used second order is torch's own: the
 first-order gradient is rebuilt from torch ops (_reference) with create_graph and differentiated, so
 double backward has exactly torch's semantics.
 """
 
+import os
 from typing import NamedTuple, Optional
 
 import torch
 
-from . import _ops, _reference
+from . import _deferred, _library, _ops, _reference, _torch_support
 from ._ops import LossOptions, Reduction
+from .checks import logits_modified_error
+
+try:
+    from ._build_info import TORCH_VERSION as BUILT_AGAINST
+except ImportError:  # a source tree built by hand: no record, the running torch's build
+    BUILT_AGAINST = None
 
 
 # The ops' inputs as torch.library hands them to setup_context (a tuple in schema order, csrc/ops.cpp;
-# trailing defaults may be missing): named here once. cross_entropy_fwd's autograd is C++
-# (csrc/autograd.cpp): a training step's loss crosses no Python between forward and gradient.
+# trailing defaults may be missing): named here once.
+class FwdInputs(NamedTuple):
+    logits: torch.Tensor
+    target: torch.Tensor
+    weight: Optional[torch.Tensor]
+    reduction: int
+    ignore_index: int
+    label_smoothing: float
+    check_finite: bool = False
+    validate: int = 1
+    lse_square_scale: float = 0.0
+    softcap: float = 0.0
+    acc_loss: bool = False
+    inplace_backward: bool = False  # read by autograd only: the kernels ignore it
+
+
 class BwdInputs(NamedTuple):
     grad_loss: torch.Tensor
     logits: torch.Tensor
@@ -100,6 +123,56 @@ def _second_order(ctx_inputs, grads_out, build):
     return [by_leaf.get(id(leaf)) for leaf in leaves]
 
 
+# cross_entropy_fwd's autograd in Python: registered only where the C++ one is not (see the end).
+def _fwd_setup(ctx, inputs, output):
+    a = FwdInputs(*inputs)
+    ctx.inplace_backward = a.inplace_backward
+    loss, lse, total_weight, _ = output
+    ctx.set_materialize_grads(False)  # no zero-filled gradients for lse, total_weight and status
+    ctx.save_for_backward(a.logits, a.target, a.weight, lse, total_weight)
+    ctx.options = _options(a)
+    ctx.loss_shape = loss.shape
+    ctx.num_inputs = len(inputs)
+
+
+def _fwd_backward(ctx, grad_loss, grad_lse, grad_total_weight, grad_status):
+    if not torch.compiler.is_compiling():
+        _deferred.check_pending()  # validate="deferred": a bad target is reported by backward at the latest
+    try:
+        logits, target, weight, lse, total_weight = ctx.saved_tensors
+    except RuntimeError as error:
+        if ctx.inplace_backward:  # our own gradient write bumped the version: torch's error, as README says
+            raise
+        raise logits_modified_error(error) from None  # the logits edited in place after the loss
+    grad = None
+    # The saved lse is (max, log_sum) per row. max is a constant shift: the gradient of
+    # max + log_sum (what return_lse gives) arrives on both columns and is taken from log_sum's,
+    # whose derivative with max held fixed is the softmax.
+    lse_grad = None if grad_lse is None else grad_lse[:, 1]
+    if ctx.needs_input_grad[0] and (grad_loss is not None or lse_grad is not None):
+        if grad_loss is None:
+            grad_loss = logits.new_zeros(ctx.loss_shape)
+        if _gradient_in_place(ctx, logits):
+            _ops.backward_in_place(logits, grad_loss, target, weight, lse, total_weight, ctx.options, lse_grad)
+            # The logits now hold their gradient: any other node that saved them (logits.exp(), a
+            # second backward through this graph) must raise rather than read it.
+            torch.autograd.graph.increment_version(logits)
+            grad = logits
+        else:
+            grad = _ops.backward(grad_loss, logits, target, weight, lse, total_weight, ctx.options, lse_grad)
+    return (grad,) + (None,) * (ctx.num_inputs - 1)
+
+
+def _gradient_in_place(ctx, logits):
+    """inplace_backward, when the gradient can be written over the logits: not under create_graph
+    (double backward differentiates this gradient: it must be a graph of its own, not the logits'
+    storage), not while torch.compile or compiled autograd traces the backward, and only over
+    logits whose every element has memory of its own (ATen's has_internal_overlap says "no": the
+    check cross_entropy_bwd_ makes); in every other case the normal backward allocates a gradient."""
+    return (ctx.inplace_backward and not torch.is_grad_enabled() and not torch.compiler.is_compiling()
+            and torch._debug_has_internal_overlap(logits) == 0)
+
+
 _GRAD_LSE_INPUT = BwdInputs._fields.index("grad_lse")
 
 
@@ -180,3 +253,21 @@ torch.library.register_autograd("validated_loss::cross_entropy_prob_fwd", _prob_
                                 setup_context=_prob_fwd_setup)
 torch.library.register_autograd("validated_loss::cross_entropy_prob_bwd", _prob_bwd_backward,
                                 setup_context=_prob_bwd_setup)
+
+
+def cpp_forward_autograd():
+    """Whether cross_entropy_fwd gets csrc/autograd.cpp's autograd: with the torch _C was built against
+    (or the emulated-CUDA build, built here). torch::autograd::Function instantiates torch internals
+    that change between minor releases; with another torch (the mismatch __init__ warns about) they
+    may not exist, so the Python autograd above is used. VALIDATED_LOSS_PYTHON_AUTOGRAD=1 forces it
+    (tests)."""
+    if os.environ.get("VALIDATED_LOSS_PYTHON_AUTOGRAD") == "1":
+        return False
+    return _library.EMULATED_CUDA or BUILT_AGAINST is None or _torch_support.same_minor(BUILT_AGAINST, torch.__version__)
+
+
+CPP_FORWARD_AUTOGRAD = cpp_forward_autograd()
+if CPP_FORWARD_AUTOGRAD:
+    _library.register_cpp_autograd()
+else:
+    torch.library.register_autograd("validated_loss::cross_entropy_fwd", _fwd_backward, setup_context=_fwd_setup)
