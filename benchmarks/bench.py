@@ -28,6 +28,7 @@ from tqdm import tqdm  # noqa: E402
 
 import harness  # noqa: E402
 import report  # noqa: E402
+import small_calls  # noqa: E402
 
 # (name, N, C): the shapes issue 5 names.
 PRESETS = [
@@ -82,6 +83,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=harness.usable_cores(), help="torch threads (default: the cores)")
     p.add_argument("--contenders", help="comma-separated subset, e.g. 'validated_loss,torch eager'")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_small_call_args(p)
     args = p.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
@@ -185,7 +187,27 @@ def main(argv=None):
         print(f"warning: other processes used {100 * share:.0f}% of the CPUs during this run; its timings are "
               "disturbed (multi-threaded contenders suffer most). Run again on a quiet machine.")
     print(f"\n{len(rows)} rows in {elapsed:.0f} s; wrote {', '.join(paths.values())}")
+    run_small_calls(args, device)
     return rows
+
+
+# ---- small calls and import (issue 16, part 3): benchmarks/small_calls.py -------------------------
+
+
+def add_small_call_args(p):
+    p.add_argument("--no-small-calls", action="store_true",
+                   help="skip the small-call shapes (8x10 ... 1024x1000, one thread) and the import time")
+
+
+def run_small_calls(args, device):
+    """Per-call microseconds at the small shapes against torch eager, and import time (CPU runs)."""
+    if args.no_small_calls or device.type != "cpu":
+        return None
+    print()
+    text = small_calls.run(args.out, rounds=args.repeats, warmup=args.warmup, import_repeats=min(3, args.repeats))
+    print(text)
+    print(f"wrote {os.path.join(args.out, 'small_calls.md')}, {os.path.join(args.out, 'small_calls.json')}")
+    return text
 
 
 if __name__ == "__main__":

@@ -81,4 +81,62 @@ void throw_nonfinite_error(std::string message, const NonFiniteFacts& facts) {
   });
 }
 
+namespace {
+
+// The Python exception now set (or, if none is, a RuntimeError saying what failed), thrown as a
+// torch::python_error that torch's binding restores as it is.
+[[noreturn]] void throw_current_python_error(const char* what) {
+  if (!PyErr_Occurred()) PyErr_SetString(PyExc_RuntimeError, what);
+  python_error raised;
+  raised.persist();
+  throw raised;
+}
+
+// validated_loss.<module>.<name>(*args), a new reference, or nullptr with a Python error set.
+PyObject* call_package_function(const char* module_name, const char* name, PyObject* arg) {
+  PyObject* module = PyImport_ImportModule(module_name);
+  PyObject* function = module != nullptr ? PyObject_GetAttrString(module, name) : nullptr;
+  Py_XDECREF(module);
+  PyObject* result = function != nullptr ? (arg != nullptr ? PyObject_CallOneArg(function, arg)
+                                                           : PyObject_CallNoArgs(function))
+                                         : nullptr;
+  Py_XDECREF(function);
+  return result;
+}
+
+// What torch's binding makes of a c10::Error's text (HANDLE_TH_ERRORS).
+std::string python_text(const c10::Error& error) {
+  return torch::processErrorMsg(torch::get_cpp_stacktraces_enabled() ? error.what() : error.what_without_backtrace());
+}
+
+}  // namespace
+
+bool edited_in_place(const c10::Error& error) {
+  return std::string(error.what_without_backtrace()).find("modified by an inplace operation") != std::string::npos;
+}
+
+void throw_logits_modified(const c10::Error& error) {
+  const std::string text = python_text(error);
+  pybind11::gil_scoped_acquire gil;
+  PyObject* message = PyUnicode_FromStringAndSize(text.data(), static_cast<Py_ssize_t>(text.size()));
+  PyObject* cause = message != nullptr ? PyObject_CallOneArg(PyExc_RuntimeError, message) : nullptr;
+  Py_XDECREF(message);
+  PyObject* explained = cause != nullptr ? call_package_function("validated_loss.checks", "logits_modified_error", cause)
+                                         : nullptr;
+  Py_XDECREF(cause);
+  if (explained != nullptr) {
+    PyException_SetCause(explained, nullptr);  // `raise ... from None`: sets __suppress_context__ too
+    PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(explained)), explained);
+    Py_DECREF(explained);
+  }
+  throw_current_python_error("validated_loss: checks.logits_modified_error failed");
+}
+
+void check_pending_in_python() {
+  pybind11::gil_scoped_acquire gil;
+  PyObject* result = call_package_function("validated_loss._deferred", "check_pending", nullptr);
+  if (result == nullptr) throw_current_python_error("validated_loss: _deferred.check_pending failed");
+  Py_DECREF(result);
+}
+
 }  // namespace validated_loss

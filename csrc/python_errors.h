@@ -12,6 +12,10 @@
 #include <string>
 #include <vector>
 
+namespace c10 {
+class Error;
+}
+
 namespace validated_loss {
 
 // An out-of-range class index: the first one (its full index into the target, and value), how many.
@@ -32,5 +36,13 @@ struct NonFiniteFacts {
 
 [[noreturn]] void throw_target_error(std::string message, const TargetErrorFacts& facts);
 [[noreturn]] void throw_nonfinite_error(std::string message, const NonFiniteFacts& facts);
+
+// The C++ autograd of cross_entropy_fwd (autograd.cpp), which has no Python of its own:
+// autograd's "modified by an inplace operation" error (edited_in_place) raised as
+// checks.logits_modified_error words it (a LogitsModifiedError, `from None`), and deferred
+// validation's check at backward, _deferred.check_pending, called as it is.
+bool edited_in_place(const c10::Error& error);
+[[noreturn]] void throw_logits_modified(const c10::Error& error);
+void check_pending_in_python();
 
 }  // namespace validated_loss

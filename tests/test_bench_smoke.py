@@ -88,3 +88,16 @@ def test_default_plan_is_issue_5s_target_set():
                                 (4096, 32000, "bfloat16")]
     full = bench.plan(bench.parse_args(["--full"]))
     assert (4096, 128256, "bfloat16") in full and len(full) == 8
+
+
+def test_small_calls_section(run):
+    """The small-call shapes and the import time (issue 16): every shape, both passes, and a verdict
+    line per target."""
+    out, _ = run
+    data = json.loads((out / "small_calls.json").read_text())
+    assert {(r["shape"], r["pass"]) for r in data["rows"]} == {
+        (f"{n}x{c}", p) for n, c in ((8, 10), (64, 10), (128, 1000), (1024, 1000)) for p in ("fwd+bwd", "fwd")}
+    assert all(r["validated_loss_us"] > 0 and r["torch_us"] > 0 and r["ratio"] > 0 for r in data["rows"])
+    assert data["imports"]["import_torch_s"] > 0 and data["imports"]["import_validated_loss_adds_s"] >= 0
+    assert len(data["targets"]) == 5
+    assert "| 8x10 | fwd+bwd |" in (out / "small_calls.md").read_text()

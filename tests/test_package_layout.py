@@ -208,3 +208,53 @@ def test_architecture_lists_the_core_in_import_order():
         for module, _, _, _ in _package_imports(TREES[name], name):
             if module in position:
                 assert position[module] > position[name], f"{name}.py imports {module}, listed above it"
+
+
+def test_import_leaves_the_compiler_stack_unimported():
+    """`import validated_loss` costs little on top of `import torch` (issue 16): nothing heavy that a
+    call may never need is imported. torch._dynamo alone (sympy, inductor's config, ...) took longer
+    than torch; torch.compile imports it when it is used. Structural, not timed."""
+    import subprocess
+    import sys
+
+    heavy = ("torch._dynamo", "torch._inductor", "sympy", "torch._functorch.aot_autograd")
+    code = ("import sys, torch; before = set(sys.modules); import validated_loss; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules and m not in before))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]", f"import validated_loss imported {out.stdout.strip()}"
+
+
+def test_compiler_marks_are_dynamos():
+    """_compiler marks functions as torch.compiler would, without importing dynamo at import time:
+    the constant mark is the attribute dynamo sets, and a disabled function runs eagerly (a graph
+    break) inside a compiled function."""
+    import torch
+    import torch._dynamo
+
+    from validated_loss import _compiler
+
+    def marked():
+        return 0
+
+    def plain():
+        return 0
+
+    before = set(vars(plain))
+    torch._dynamo.assume_constant_result(plain)
+    assert set(vars(plain)) - before == {_compiler.CONSTANT_MARK}
+    assert getattr(_compiler.assume_constant_result(marked), _compiler.CONSTANT_MARK) is True
+
+    seen = []
+
+    @_compiler.disable
+    def eager_only(x):
+        seen.append(torch.compiler.is_compiling())
+        return x * 2
+
+    def f(x):
+        return eager_only(x + 1) - 1
+
+    torch._dynamo.reset()
+    x = torch.ones(3)
+    torch.testing.assert_close(torch.compile(f, backend="eager")(x), f(x))
+    assert seen == [False, False]  # run, never traced: once compiled, once eagerly

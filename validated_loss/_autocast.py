@@ -4,6 +4,8 @@ promotion and the fallbacks' casts all ask here."""
 
 import torch
 
+from . import _compiler
+
 
 def autocast_enabled(t: torch.Tensor) -> bool:
     """Whether torch's autocast is on for t's device (then cross_entropy runs under its fp32
@@ -12,7 +14,7 @@ def autocast_enabled(t: torch.Tensor) -> bool:
     return _autocast_available(device) and torch.is_autocast_enabled(device)
 
 
-@torch.compiler.assume_constant_result
+@_compiler.assume_constant_result
 def _autocast_available(device_type: str) -> bool:
     # Fixed for a process. Marked constant because torch.compile in torch 2.6 and 2.11 cannot trace
     # torch._C._is_autocast_available (a graph break, an error under fullgraph).

@@ -1,17 +1,26 @@
-"""Autograd of the ops (torch.library.register_autograd), reading the ops' inputs by name.
+"""Autograd of the ops (torch.library.register_autograd), reading the ops' inputs by name; the
+forward op's is C++ (csrc/autograd.cpp) where _C was built against the running torch's minor release
+(a training step's loss then crosses no Python between forward and gradient; issue 16), else the
+Python version here.
 
 First-order gradients come from the backward ops; the rarely used second order is torch's own: the
 first-order gradient is rebuilt from torch ops (_reference) with create_graph and differentiated, so
 double backward has exactly torch's semantics.
 """
 
+import os
 from typing import NamedTuple, Optional
 
 import torch
 
-from . import _deferred, _ops, _reference
+from . import _deferred, _library, _ops, _reference, _torch_support
 from ._ops import LossOptions, Reduction
 from .checks import logits_modified_error
+
+try:
+    from ._build_info import TORCH_VERSION as BUILT_AGAINST
+except ImportError:  # a source tree built by hand: no record, the running torch's build
+    BUILT_AGAINST = None
 
 
 # The ops' inputs as torch.library hands them to setup_context (a tuple in schema order, csrc/ops.cpp;
@@ -114,6 +123,7 @@ def _second_order(ctx_inputs, grads_out, build):
     return [by_leaf.get(id(leaf)) for leaf in leaves]
 
 
+# cross_entropy_fwd's autograd in Python: registered only where the C++ one is not (see the end).
 def _fwd_setup(ctx, inputs, output):
     a = FwdInputs(*inputs)
     ctx.inplace_backward = a.inplace_backward
@@ -238,9 +248,26 @@ def _prob_bwd_backward(ctx, grad_grad_x, grad_grad_q):
     return d_grad_loss, d_logits, d_target, (d_weight[0] if d_weight else None), None, None, None, None
 
 
-torch.library.register_autograd("validated_loss::cross_entropy_fwd", _fwd_backward, setup_context=_fwd_setup)
 torch.library.register_autograd("validated_loss::cross_entropy_bwd", _bwd_backward, setup_context=_bwd_setup)
 torch.library.register_autograd("validated_loss::cross_entropy_prob_fwd", _prob_fwd_backward,
                                 setup_context=_prob_fwd_setup)
 torch.library.register_autograd("validated_loss::cross_entropy_prob_bwd", _prob_bwd_backward,
                                 setup_context=_prob_bwd_setup)
+
+
+def cpp_forward_autograd():
+    """Whether cross_entropy_fwd gets csrc/autograd.cpp's autograd: with the torch _C was built against
+    (or the emulated-CUDA build, built here). torch::autograd::Function instantiates torch internals
+    that change between minor releases; with another torch (the mismatch __init__ warns about) they
+    may not exist, so the Python autograd above is used. VALIDATED_LOSS_PYTHON_AUTOGRAD=1 forces it
+    (tests)."""
+    if os.environ.get("VALIDATED_LOSS_PYTHON_AUTOGRAD") == "1":
+        return False
+    return _library.EMULATED_CUDA or BUILT_AGAINST is None or _torch_support.same_minor(BUILT_AGAINST, torch.__version__)
+
+
+CPP_FORWARD_AUTOGRAD = cpp_forward_autograd()
+if CPP_FORWARD_AUTOGRAD:
+    _library.register_cpp_autograd()
+else:
+    torch.library.register_autograd("validated_loss::cross_entropy_fwd", _fwd_backward, setup_context=_fwd_setup)

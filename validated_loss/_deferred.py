@@ -13,7 +13,7 @@ import traceback
 
 import torch
 
-from . import _ops
+from . import _compiler, _ops
 from ._library import _C
 
 # validate= as users spell it -> the ops' Validate codes (_ops.py mirrors csrc/ops.cpp).
@@ -84,7 +84,7 @@ def check_pending():
     _ops.check_deferred()
 
 
-@torch.compiler.disable  # names the caller: eager Python (linear_cross_entropy breaks the graph anyway)
+@_compiler.disable  # names the caller: eager Python (linear_cross_entropy breaks the graph anyway)
 def submit(status, target_shape, num_classes, ignore_index, logits_shape):
     """Queue a status record made outside the loss ops (linear_cross_entropy checks the whole
     target with torch ops) for the same non-blocking check."""

@@ -4,7 +4,7 @@ package touches torch.ops.validated_loss (tests/test_package_layout.py checks it
 
 The schemas themselves are written once, in csrc/ops.cpp. Fake kernels give output metadata for
 torch.compile and meta tensors; they must match what the C++ kernels allocate. Autograd for the
-ops is registered by _autograd.py.
+ops is registered by _autograd.py, the forward op's in C++ (csrc/autograd.cpp).
 """
 
 import enum

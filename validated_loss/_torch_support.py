@@ -36,6 +36,11 @@ def release(version):
     return tuple(int(part or 0) for part in match.groups())
 
 
+def same_minor(version_a, version_b):
+    """Whether two torch versions are the same minor release ('2.13.0+cpu', '2.13.1': yes)."""
+    return release(version_a)[:2] == release(version_b)[:2]
+
+
 def in_tested_range(version):
     return release(TESTED_OLDEST) <= release(version) <= release(TESTED_NEWEST)
 

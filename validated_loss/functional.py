@@ -21,6 +21,7 @@ from . import _deferred, _ops, _reference, checks
 from ._autocast import autocast_dtype, autocast_enabled
 from ._llm_options import NO_LLM_OPTIONS, llm_options
 from ._ops import VALIDATE_NAMES as VALIDATE_MODES, LossOptions, Reduction
+from ._text import LOGIT_DTYPES
 from .target_range import find_out_of_range
 
 
@@ -64,6 +65,13 @@ def cross_entropy(
             validate=validate, check_finite=check_finite, lse_square_scale=lse_square_scale, softcap=softcap,
             return_lse=return_lse, inplace_backward=inplace_backward,
         )
+    if (weight is None and size_average is None and reduce is None and reduction == "mean" and validate == "sync"
+            and check_finite is False and softcap is None and return_lse is False and inplace_backward is False
+            and type(label_smoothing) is float and label_smoothing == 0.0 and type(lse_square_scale) is float
+            and lse_square_scale == 0.0 and type(ignore_index) is int and -(2**63) <= ignore_index < 2**63
+            and _common_case(input, target)):
+        options = _COMMON_OPTIONS if ignore_index == -100 else _COMMON_OPTIONS._replace(ignore_index=ignore_index)
+        return _ops.forward(input, target, None, options)[0]
     if size_average is not None or reduce is not None:
         reduction = _reduction.legacy_get_string(size_average, reduce)  # warns as torch does
     reduction_code = _reduction.get_enum(reduction)  # ValueError for unknown names, as torch
@@ -98,6 +106,31 @@ def cross_entropy(
         checks.check_inplace_backward(input)
     return _class_index_loss(input, target, weight, reduction_code, ignore_index, label_smoothing, check_finite,
                              VALIDATE_MODES[validate], llm, acc_loss=autocast, inplace_backward=inplace_backward)
+
+
+# The common case (issue 16: small calls cost what torch's do), decided in one place. Every option at
+# its default (ignore_index any int), no weight, and tensors for which every check of
+# checks.check_inputs holds by construction: 2-D logits of a kernel dtype and a 1-D int64 target of
+# the same length, both on the CPU (where validation is always 'sync' and the op raises bad values
+# itself); eager, outside autocast, functorch transforms and forward-mode AD, with no deferred check
+# pending. Such a call goes straight to the op with the options the general path would compute.
+_COMMON_OPTIONS = LossOptions(reduction=int(Reduction.MEAN), validate=VALIDATE_MODES["sync"])
+_CPU_KERNELS = _ops.has_kernel("cpu")
+
+
+def _common_case(input, target):
+    return (isinstance(input, torch.Tensor) and isinstance(target, torch.Tensor) and _CPU_KERNELS
+            and input.dim() == 2 and target.dim() == 1 and input.is_cpu and target.is_cpu
+            and target.dtype == torch.int64 and input.dtype in LOGIT_DTYPES and input.shape[0] == target.shape[0]
+            and not torch.compiler.is_compiling() and not torch.is_autocast_enabled("cpu")
+            and torch._C._functorch.peek_interpreter_stack() is None and not _forward_ad_active()
+            and not _deferred.pending_count())
+
+
+def _forward_ad_active():
+    """Whether a forward-mode AD level is open (tensors have tangents only inside one);
+    forward_ad.unpack_dual answers per tensor, at ten times the cost."""
+    return forward_ad._current_level >= 0
 
 
 def _autocast_to_float32(autocast, *tensors):
@@ -177,7 +210,7 @@ def _class_index_loss(input, target, weight, reduction, ignore_index, label_smoo
     loss = loss.reshape(()) if one_dim and reduction == Reduction.NONE else loss
     if not llm.return_lse:
         return loss
-    # max + log_sum: autograd routes its gradient into the op's backward (see _autograd._fwd_backward).
+    # max + log_sum: autograd routes its gradient into the op's backward (see csrc/autograd.cpp).
     return loss, (row_stats[:, 0] + row_stats[:, 1]).reshape(target.shape)
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.nn import _reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from . import _deferred, _ops, checks
+from . import _compiler, _deferred, _ops, checks
 from . import _linear_chunked
 from ._linear_chunked import Plan, auto_chunk_rows
 from ._llm_options import llm_options
@@ -112,7 +112,7 @@ def linear_cross_entropy(
     return (loss, lse.reshape(target.shape)) if llm.return_lse else loss
 
 
-@torch.compiler.disable
+@_compiler.disable
 def _run_chunked(x, linear_weight, linear_bias, target, weight, plan):
     # A Python loop over chunks with in-place buffers: runs eagerly under torch.compile.
     return _linear_chunked.apply(x, linear_weight, linear_bias, target, weight, plan)

@@ -7,7 +7,20 @@
 #include "deferred.h"
 
 namespace validated_loss {
+
+void register_cpp_autograd();  // autograd.cpp
+
 namespace {
+
+PyObject* py_register_autograd(PyObject*, PyObject*) {
+  try {
+    register_cpp_autograd();
+  } catch (const std::exception& error) {
+    PyErr_SetString(PyExc_RuntimeError, error.what());
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
 
 PyObject* py_set_call_origin(PyObject*, PyObject* origin) {
   const char* text = PyUnicode_AsUTF8(origin);
@@ -31,6 +44,9 @@ PyMethodDef methods[] = {
     {"pending_checks", py_pending_checks, METH_NOARGS,
      "Checks queued, and CUDA-graph slots holding a record or whose graph is gone."},
     {"clear_checks", py_clear_checks, METH_NOARGS, "Drops every queued check and unread graph record."},
+    // Not deferred validation's: the one other function _C has (autograd.cpp says why it is on demand).
+    {"register_autograd", py_register_autograd, METH_NOARGS,
+     "Registers cross_entropy_fwd's C++ autograd (csrc/autograd.cpp) for the Autograd key."},
     {nullptr, nullptr, 0, nullptr},
 };
 
