@@ -88,3 +88,13 @@ def test_default_plan_is_issue_5s_target_set():
                                 (4096, 32000, "bfloat16")]
     full = bench.plan(bench.parse_args(["--full"]))
     assert (4096, 128256, "bfloat16") in full and len(full) == 8
+
+
+def test_check_finite_ratios_beside_the_plain_rows(run):
+    out, rows = run
+    ratios = bench.check_finite_ratios(rows)
+    assert {(c["dtype"], c["pass"]) for c in ratios} == {(d, p) for d in ("float32", "bfloat16")
+                                                         for p in ("fwd", "fwd+bwd")}
+    for c in ratios:
+        assert c["ratio"] > 0 and c["ratio_min"] > 0 and isinstance(c["met"], bool)
+    assert "check_finite=True against the plain" in (out / "bench.md").read_text()
