@@ -97,7 +97,7 @@ def test_chunked_class_counts_first_of_several(dt, c):
 
 
 @pytest.mark.parametrize("dt", ("f32", "bf16"))
-def test_chunked_strided_classes_and_softcap_free_paths(dt):
+def test_chunked_strided_classes_and_many_rows(dt):
     """A strided class dimension ((N, C, d): chunks gathered into a buffer) and many rows, in parallel."""
     x = logits(6, 300, DTYPES[dt], seed=1, d=5)
     x[1, 299, 4] = math.nan  # row 1 * 5 + 4 = 9
