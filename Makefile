@@ -57,7 +57,7 @@ test-torch-range:
 # the kernel suites on the two narrower builds too (ATen honours ATEN_CPU_CAPABILITY).
 ISA_TESTS := tests/test_parity.py tests/test_properties.py tests/test_kernel_paths.py tests/test_llm_options.py \
 	tests/test_gradient_cache.py tests/test_inplace_backward.py tests/test_exp_accuracy.py tests/test_wrong_numbers.py \
-	tests/test_nonfinite_corners.py
+	tests/test_nonfinite_corners.py tests/test_check_finite_paths.py
 test-isa: build
 	ATEN_CPU_CAPABILITY=avx2 $(PY) -m pytest $(ISA_TESTS) -p no:cacheprovider
 	ATEN_CPU_CAPABILITY=default $(PY) -m pytest $(ISA_TESTS) -p no:cacheprovider
@@ -82,7 +82,7 @@ cuda-check:
 ASAN_TREE := build/asan-tree
 # The suites that drive the kernels (multi-process and build tests stay outside the sanitizer).
 ASAN_TESTS := tests/test_parity.py tests/test_properties.py tests/test_validation.py tests/test_gradcheck.py \
-	tests/test_deferred.py tests/test_diagnostics.py tests/test_module.py
+	tests/test_deferred.py tests/test_diagnostics.py tests/test_module.py tests/test_check_finite_paths.py
 asan: $(DEPS)
 	rm -rf $(ASAN_TREE) && mkdir -p $(ASAN_TREE)
 	cp -r setup.py pyproject.toml csrc validated_loss tests $(ASAN_TREE)/

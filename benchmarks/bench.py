@@ -183,6 +183,11 @@ def main(argv=None):
         print(f"skipped {s['shape']} {s['dtype']}: {s['reason']}")
     if verdicts:
         print(report.verdict_lines(verdicts))
+    finite_lines = check_finite_lines(check_finite_ratios(rows))
+    if finite_lines:
+        print(finite_lines)
+        with open(paths["md"], "a") as f:
+            f.write("\n" + finite_lines + "\n")
     if share is not None and share > 0.05:
         print(f"warning: other processes used {100 * share:.0f}% of the CPUs during this run; its timings are "
               "disturbed (multi-threaded contenders suffer most). Run again on a quiet machine.")
@@ -208,6 +213,40 @@ def run_small_calls(args, device):
     print(text)
     print(f"wrote {os.path.join(args.out, 'small_calls.md')}, {os.path.join(args.out, 'small_calls.json')}")
     return text
+
+
+# ---------------------------------------------------------------------------------------------
+# check_finite's cost (issue 16, part 2): the [check_finite] rows against the plain validated_loss
+# rows of the same run, same rounds (interleaved), as ratios. Target: at most 1.1x, fwd and fwd+bwd.
+
+CHECK_FINITE = f"{harness.OURS} [check_finite]"
+CHECK_FINITE_TARGET = 1.1
+
+
+def check_finite_ratios(rows):
+    """[{shape, dtype, pass, ratio (of medians), ratio_min (of minima), met}] per shape/dtype/pass."""
+    plain = {(r["shape"], r["dtype"], r["pass"]): r for r in rows if r["contender"] == harness.OURS}
+    out = []
+    for r in rows:
+        base = plain.get((r["shape"], r["dtype"], r["pass"]))
+        if r["contender"] != CHECK_FINITE or base is None:
+            continue
+        ratio = r["ms"] / base["ms"]
+        out.append({"shape": r["shape"], "dtype": r["dtype"], "pass": r["pass"], "ms": r["ms"], "plain_ms": base["ms"],
+                    "ratio": report.sig(ratio), "ratio_min": report.sig(r["ms_min"] / base["ms_min"]),
+                    "met": bool(ratio <= CHECK_FINITE_TARGET)})
+    return out
+
+
+def check_finite_lines(ratios):
+    if not ratios:
+        return ""
+    lines = [f"check_finite=True against the plain {harness.OURS} rows of this run (target <= {CHECK_FINITE_TARGET}x; "
+             "ratio of medians, of minima in brackets):"]
+    for c in ratios:
+        lines.append(f"  {c['shape']:>12} {c['dtype']:<9} {c['pass']:<8} {c['ms']:8.2f} ms vs {c['plain_ms']:8.2f} ms: "
+                     f"{c['ratio']:.3f}x ({c['ratio_min']:.3f}x) {'met' if c['met'] else 'MISSED'}")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

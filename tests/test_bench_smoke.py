@@ -101,3 +101,13 @@ def test_small_calls_section(run):
     assert data["imports"]["import_torch_s"] > 0 and data["imports"]["import_validated_loss_adds_s"] >= 0
     assert len(data["targets"]) == 5
     assert "| 8x10 | fwd+bwd |" in (out / "small_calls.md").read_text()
+
+
+def test_check_finite_ratios_beside_the_plain_rows(run):
+    out, rows = run
+    ratios = bench.check_finite_ratios(rows)
+    assert {(c["dtype"], c["pass"]) for c in ratios} == {(d, p) for d in ("float32", "bfloat16")
+                                                         for p in ("fwd", "fwd+bwd")}
+    for c in ratios:
+        assert c["ratio"] > 0 and c["ratio_min"] > 0 and isinstance(c["met"], bool)
+    assert "check_finite=True against the plain" in (out / "bench.md").read_text()

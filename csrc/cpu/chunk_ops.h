@@ -154,36 +154,62 @@ acc_t nan_max(acc_t a, acc_t b) {
 // 0 for sums) by Vec::set, so no scalar tail.
 constexpr int kAccumulators = 4;
 
-template <typename acc_t>
-acc_t chunk_max(const acc_t* x, int64_t n) {
-  using Vec = Vectorized<acc_t>;
-  constexpr int64_t L = Vec::size();
-  const Vec lowest(-std::numeric_limits<acc_t>::infinity());
-  Vec vm[kAccumulators] = {lowest, lowest, lowest, lowest};
-  int64_t c = 0;
-  for (; c + kAccumulators * L <= n; c += kAccumulators * L) {
-    for (int a = 0; a < kAccumulators; ++a) vm[a] = at::vec::maximum(vm[a], Vec::loadu(x + c + a * L));
-  }
-  for (; c < n; c += L) {
-    const int64_t k = std::min(L, n - c);
-    vm[0] = at::vec::maximum(vm[0], Vec::set(lowest, Vec::loadu(x + c, k), k));
-  }
-  const Vec m = at::vec::maximum(at::vec::maximum(vm[0], vm[1]), at::vec::maximum(vm[2], vm[3]));
-  return at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, m);
-}
-
 // x - x is 0 for every finite x and NaN for NaN and +-inf.
 template <typename acc_t>
 bool is_finite(acc_t x) {
   return x - x == acc_t(0);
 }
 
-// Smallest element, only asked for by check_finite (a -inf logit does not show in the max).
+// check_finite's flag, folded into a loop that already loads every vector: flag + v * 0 stays
+// (+-)0 while every lane seen is finite and turns NaN for good at the first NaN or +-inf (inf * 0
+// is NaN). One FMA a vector; where the flag is set, first_nonfinite then finds the position.
 template <typename acc_t>
-acc_t chunk_min(const acc_t* x, int64_t n) {
-  acc_t m = INFINITY;
-  for (int64_t c = 0; c < n; ++c) m = (x[c] != x[c] || x[c] < m) ? x[c] : m;
-  return m;
+VL_ROW_INLINE Vectorized<acc_t> finite_flag(const Vectorized<acc_t>& flag, const Vectorized<acc_t>& v) {
+  return at::vec::fmadd(v, Vectorized<acc_t>(acc_t(0)), flag);
+}
+
+// True when no lane of `flag` saw a non-finite value.
+template <typename acc_t>
+bool flag_finite(const Vectorized<acc_t>& flag) {
+  using Vec = Vectorized<acc_t>;
+  return is_finite(at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return a + b; }, flag));
+}
+
+// The first non-finite element of x[0, n), or -1: the rescan of the rare chunk whose flag is set.
+template <typename acc_t>
+int64_t first_nonfinite(const acc_t* x, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    if (!is_finite(x[c])) return c;
+  }
+  return -1;
+}
+
+// The chunk's NaN-propagating max; with `check`, *finite also says whether every element is
+// finite (a -inf does not show in the max), from the same loop (finite_flag).
+template <typename acc_t, bool check = false>
+acc_t chunk_max(const acc_t* x, int64_t n, bool* finite = nullptr) {
+  using Vec = Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  const Vec lowest(-std::numeric_limits<acc_t>::infinity()), zero(acc_t(0));
+  Vec vm[kAccumulators] = {lowest, lowest, lowest, lowest};
+  Vec flag[kAccumulators] = {zero, zero, zero, zero};
+  int64_t c = 0;
+  for (; c + kAccumulators * L <= n; c += kAccumulators * L) {
+    for (int a = 0; a < kAccumulators; ++a) {
+      const Vec v = Vec::loadu(x + c + a * L);
+      vm[a] = at::vec::maximum(vm[a], v);
+      if constexpr (check) flag[a] = finite_flag(flag[a], v);
+    }
+  }
+  for (; c < n; c += L) {
+    const int64_t k = std::min(L, n - c);
+    const Vec v = Vec::loadu(x + c, k);  // the lanes past the end are 0: finite
+    vm[0] = at::vec::maximum(vm[0], Vec::set(lowest, v, k));
+    if constexpr (check) flag[0] = finite_flag(flag[0], v);
+  }
+  if constexpr (check) *finite = flag_finite((flag[0] + flag[1]) + (flag[2] + flag[3]));
+  const Vec m = at::vec::maximum(at::vec::maximum(vm[0], vm[1]), at::vec::maximum(vm[2], vm[3]));
+  return at::vec::vec_reduce_all<acc_t>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, m);
 }
 
 // The next chunk (or the next row's first) is prefetched while this one is worked on from L1, so
@@ -379,13 +405,14 @@ const acc_t* load_logits(const scalar_t* row, int64_t stride, int64_t c0, int64_
 
 // Widens a contiguous half/bfloat16 chunk into `buf` and returns its (NaN-propagating) max from
 // the same loop: the forward's first two passes over the chunk in one (the bfloat16 forward spent
-// a third of its time in them).
-template <typename scalar_t>
-float widen_chunk_max(const scalar_t* p, int64_t len, float* buf) {
+// a third of its time in them). With `check`, *finite as chunk_max's.
+template <typename scalar_t, bool check = false>
+float widen_chunk_max(const scalar_t* p, int64_t len, float* buf, bool* finite = nullptr) {
   using Vec = Vectorized<float>;
   constexpr int64_t L = Vec::size();
-  const Vec lowest(-std::numeric_limits<float>::infinity());
+  const Vec lowest(-std::numeric_limits<float>::infinity()), zero(0.0f);
   Vec m0 = lowest, m1 = lowest;  // two accumulators: one max chain per vector would set the pace
+  Vec f0 = zero, f1 = zero;
   int64_t c = 0;
   for (; c + 2 * L <= len; c += 2 * L) {
     Vec a, b;
@@ -395,28 +422,36 @@ float widen_chunk_max(const scalar_t* p, int64_t len, float* buf) {
     b.store(buf + c + L);
     m0 = at::vec::maximum(m0, a);
     m1 = at::vec::maximum(m1, b);
+    if constexpr (check) {
+      f0 = finite_flag(f0, a);
+      f1 = finite_flag(f1, b);
+    }
   }
   float m = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); },
                                           at::vec::maximum(m0, m1));
+  bool tail_finite = true;
   for (; c < len; ++c) {
     buf[c] = static_cast<float>(p[c]);
     m = nan_max(m, buf[c]);
+    if constexpr (check) tail_finite &= is_finite(buf[c]);
   }
+  if constexpr (check) *finite = tail_finite && flag_finite(f0 + f1);
   return m;
 }
 
-// load_logits, and the chunk's max in `max_out`.
-template <typename scalar_t, typename acc_t>
+// load_logits, and the chunk's max in `max_out`; with `check`, whether the chunk (as the loss
+// sees it: capped) is all finite in *finite.
+template <bool check = false, typename scalar_t, typename acc_t>
 const acc_t* load_logits_with_max(const scalar_t* row, int64_t stride, int64_t c0, int64_t len, acc_t* buf, acc_t cap,
-                                  acc_t& max_out) {
+                                  acc_t& max_out, bool* finite = nullptr) {
   if constexpr (is_reduced_float_v<scalar_t>) {
     if (stride == 1 && !(cap > acc_t(0))) {
-      max_out = widen_chunk_max(row + c0, len, buf);
+      max_out = widen_chunk_max<scalar_t, check>(row + c0, len, buf, finite);
       return buf;
     }
   }
   const acc_t* xs = load_logits(row, stride, c0, len, buf, cap);
-  max_out = chunk_max(xs, len);
+  max_out = chunk_max<acc_t, check>(xs, len, finite);
   return xs;
 }
 

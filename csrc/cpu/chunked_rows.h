@@ -34,18 +34,19 @@ RowScan<acc_t> scan_row(const scalar_t* x_row, int64_t x_stride, const scalar_t*
   for (int64_t c0 = 0; c0 < num_classes; c0 += kChunkElems) {
     const int64_t n = std::min(kChunkElems, num_classes - c0);
     acc_t m;
-    const acc_t* xs = load_logits_with_max(x_row, x_stride, c0, n, xbuf, cap, m);
+    // check_finite's flag comes from the max's own loop; only a chunk it marks is scanned again,
+    // for the position (and none after the row's first bad class).
+    bool finite = true;
+    const acc_t* xs = check_finite && scan.nonfinite_class < 0
+                          ? load_logits_with_max<true>(x_row, x_stride, c0, n, xbuf, cap, m, &finite)
+                          : load_logits_with_max(x_row, x_stride, c0, n, xbuf, cap, m);
     SpreadPrefetch pf = spread_prefetch_next(x_row, next_row, x_stride, c0, num_classes,
                                              n / (kAccumulators * Vectorized<acc_t>::size()));
     if (m != -INFINITY) scan.lse = lse_combine(scan.lse, LseState<acc_t>{m, chunk_sum_exp(xs, n, m, &pf)});
     pf.finish();
-    if (check_finite && scan.nonfinite_class < 0 && !(m - m == 0 && is_finite(chunk_min(xs, n)))) {
-      for (int64_t c = 0; c < n; ++c) {
-        if (!is_finite(xs[c])) {
-          scan.nonfinite_class = c0 + c;
-          break;
-        }
-      }
+    if (!finite) {
+      const int64_t c = first_nonfinite(xs, n);
+      if (c >= 0) scan.nonfinite_class = c0 + c;
     }
     if (need_sums) {
       const acc_t* qs = q_row ? load_chunk(q_row, q_stride, c0, n, qbuf) : nullptr;

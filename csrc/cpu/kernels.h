@@ -18,7 +18,7 @@ namespace CPU_CAPABILITY {
 template <typename scalar_t, typename acc_t>
 void index_backward_rows(const IndexRows<scalar_t, acc_t>& a, const acc_t* lse, const GradScale& gs,
                          const GradOutput& gout) {
-  const RowPlan plan = plan_rows(a.g, &gout.geo, a.k, a.w, false, &gs);
+  const RowPlan plan = plan_rows(a.g, &gout.geo, a.k, a.w, &gs);
   switch (plan.path) {
     case RowPath::kChunked: return index_backward_chunked(a, lse, gs, gout);
     case RowPath::kLanes: return index_backward_lanes(a, lse, gs, gout);
@@ -33,7 +33,7 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
                                   const ForwardOutputs& out, const FusedGrad* fused = nullptr) {
   using acc_t = acc_type<scalar_t>;
   const IndexRows<scalar_t> a = index_rows<scalar_t>(xv, t, o);
-  const RowPlan plan = plan_rows(a.g, nullptr, a.k, a.w, out.check_finite, nullptr);
+  const RowPlan plan = plan_rows(a.g, nullptr, a.k, a.w, nullptr);
   const ForwardTotals totals =
       for_each_row_block(a.g.num_rows, a.g.num_classes, [&](int64_t r0, int64_t r1, ForwardTotals& part) {
         switch (plan.path) {

@@ -37,13 +37,25 @@ int lane_offsets(const RowGeometry& g, int64_t first, int64_t end, int64_t* offs
   return n;
 }
 
-// Per-lane RowLse of the L rows in buf: max, then log of the sum of exp over the classes.
+// Per-lane RowLse of the L rows in buf: max, then log of the sum of exp over the classes. With
+// `flag_out` (check_finite), each lane's finite_flag from the max's loop: 0 when its row is all
+// finite, NaN otherwise.
 template <typename acc_t>
-void lane_lse(const acc_t* buf, int64_t num_classes, acc_t* max_out, acc_t* log_sum_out) {
+void lane_lse(const acc_t* buf, int64_t num_classes, acc_t* max_out, acc_t* log_sum_out, acc_t* flag_out = nullptr) {
   using Vec = Vectorized<acc_t>;
   constexpr int L = Vec::size();
   Vec m = Vec::loadu(buf);
-  for (int64_t c = 1; c < num_classes; ++c) m = at::vec::maximum(m, Vec::loadu(buf + c * L));
+  if (flag_out) {
+    Vec flag = finite_flag(Vec(acc_t(0)), m);
+    for (int64_t c = 1; c < num_classes; ++c) {
+      const Vec v = Vec::loadu(buf + c * L);
+      m = at::vec::maximum(m, v);
+      flag = finite_flag(flag, v);
+    }
+    flag.store(flag_out);
+  } else {
+    for (int64_t c = 1; c < num_classes; ++c) m = at::vec::maximum(m, Vec::loadu(buf + c * L));
+  }
   Vec s(acc_t(0));
   for (int64_t c = 0; c < num_classes; ++c) s = s + vexp(Vec::loadu(buf + c * L) - m);
   m.store(max_out);
@@ -64,8 +76,8 @@ VL_ROW_INLINE void index_forward_lane_group(const IndexRows<scalar_t, acc_t> a, 
   const int n = lane_offsets<acc_t>(g, first, end, offsets);
   gather_lane_rows(a.x, offsets, C, g.class_stride, buf);
   if (has_softcap(k)) chunk_softcap(buf, buf, C * L, k.softcap);
-  alignas(64) acc_t max[L], log_sum[L], ref[L], swd[L];
-  lane_lse(buf, C, max, log_sum);
+  alignas(64) acc_t max[L], log_sum[L], ref[L], swd[L], flag[L];
+  lane_lse(buf, C, max, log_sum, out.check_finite ? flag : nullptr);
   for (int l = 0; l < L; ++l) ref[l] = row_reference(buf[l]);
   if (has_smoothing(k)) {
     const Vec vref = Vec::loadu(ref);
@@ -77,7 +89,7 @@ VL_ROW_INLINE void index_forward_lane_group(const IndexRows<scalar_t, acc_t> a, 
     const RowTarget tg = row_target(a.t, first + l, C);
     RowForward<acc_t> f{};
     if (tg.kind == kTargetValid) {
-      if (out.check_finite) {
+      if (out.check_finite && !is_finite(flag[l])) {  // the rare row with a bad logit: where is the first
         for (int64_t c = 0; c < C && f.nonfinite_class < 0; ++c) f.nonfinite_class = is_finite(buf[c * L + l]) ? -1 : c;
       }
       f.lse = RowLse<acc_t>{max[l], log_sum[l]};

@@ -21,14 +21,14 @@ struct RowPlan {
 };
 
 // x: the logits. grad: the gradient a backward writes, or nullptr for a forward (whose packed path
-// depends on the logits alone). check_finite: the forward's option; gs: the backward's scale.
+// depends on the logits alone). gs: the backward's scale. check_finite does not change the plan:
+// a lane group holding a non-finite logit already leaves it to the per-row code, which reports it.
 template <typename acc_t>
 RowPlan plan_rows(const RowGeometry& x, const RowGeometry* grad, const LossConstants<acc_t>& k, const acc_t* w,
-                  bool check_finite, const GradScale* gs) {
+                  const GradScale* gs) {
   if (!use_lane_rows(x)) return {RowPath::kChunked, false};
   if (!is_packed(x) || (grad != nullptr && !is_packed(*grad))) return {RowPath::kLanes, false};
-  const bool groups = grad == nullptr ? lane_group_options_ok(k, w) && !check_finite
-                                      : lane_group_backward_ok(k, w, *gs);
+  const bool groups = grad == nullptr ? lane_group_options_ok(k, w) : lane_group_backward_ok(k, w, *gs);
   return {RowPath::kPacked, groups};
 }
 

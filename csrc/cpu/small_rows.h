@@ -9,9 +9,11 @@
 // back to back are turned into class-major lanes with L x L tile transposes (full-width loads that
 // may run past a row's end into the next rows: those lanes are never used), and the bookkeeping of
 // the common case is done for all L rows at once:
-//   no class weight, no label smoothing, no z-loss, no softcap (and no check_finite, no lse gradient),
+//   no class weight, no label smoothing, no z-loss, no softcap (and no lse gradient),
 //   every target of the group valid (in [0, C), not ignore_index),
-//   every logit of the group finite (forward), every saved lse finite (backward choice of vexp).
+//   every logit of the group finite (forward: so check_finite has nothing to report there, and
+//   a group it would report on goes to the per-row code), every saved lse finite (backward
+//   choice of vexp).
 // Then the row formulas of xent_row.h reduce to loss = lse - x_y (index_row_loss with
 // target_share = w_y = 1: exact multiplications by 1) and gradient = scale * softmax (+ the target
 // element from grad_from_prob). A group that is not the common case returns false before writing
