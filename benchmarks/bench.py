@@ -77,7 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--shapes", type=parse_shapes, help="custom shapes 'N,C;N,C' (replace the presets)")
     p.add_argument("--dtypes", type=parse_dtypes, help="comma-separated, e.g. float32,bfloat16")
     p.add_argument("--repeats", type=int, default=15, help="timed rounds per shape (default 15)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed rounds first (default 3: a 2-vCPU guest speeds up over its first rounds)")
+    p.add_argument("--warmup", type=int, default=3,
+                   help="untimed rounds first (default 3: a 2-vCPU guest speeds up over its first rounds)")
     p.add_argument("--out", default=os.path.join(HERE, "results"), help="results folder (default benchmarks/results)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=harness.usable_cores(), help="torch threads (default: the cores)")

@@ -28,8 +28,8 @@ using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 using FwdSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&,
-                                                          int64_t, int64_t, double, bool, int64_t, double, double,
-                                                          bool, bool);
+                                                          int64_t, int64_t, double, bool, int64_t, double, double, bool,
+                                                          bool);
 using BwdSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
                       const Tensor&, int64_t, int64_t, double, double, double, const std::optional<Tensor>&);
 using BwdInPlaceSig = void(Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&,
@@ -42,9 +42,15 @@ const c10::TypedOperatorHandle<Sig>& op(const char* name) {
   return handle;
 }
 
-const auto& fwd_op() { return op<FwdSig>("validated_loss::cross_entropy_fwd"); }
-const auto& bwd_op() { return op<BwdSig>("validated_loss::cross_entropy_bwd"); }
-const auto& bwd_in_place_op() { return op<BwdInPlaceSig>("validated_loss::cross_entropy_bwd_"); }
+const auto& fwd_op() {
+  return op<FwdSig>("validated_loss::cross_entropy_fwd");
+}
+const auto& bwd_op() {
+  return op<BwdSig>("validated_loss::cross_entropy_bwd");
+}
+const auto& bwd_in_place_op() {
+  return op<BwdInPlaceSig>("validated_loss::cross_entropy_bwd_");
+}
 
 // A tensor torch.compile (dynamo, AOTAutograd, compiled autograd) is tracing: a fake or functional
 // stand-in, never a real eager tensor. The Python autograd asked torch.compiler.is_compiling().
@@ -90,8 +96,7 @@ struct CrossEntropyFwd : public torch::autograd::Function<CrossEntropyFwd> {
       if (inplace_backward || !edited_in_place(error)) throw;
       throw_logits_modified(error);  // the logits edited in place after the loss, explained
     }
-    const Tensor &logits = saved[0], &target = saved[1], &weight = saved[2], &lse = saved[3],
-                 &total_weight = saved[4];
+    const Tensor &logits = saved[0], &target = saved[1], &weight = saved[2], &lse = saved[3], &total_weight = saved[4];
     // validate="deferred": a bad target is reported by backward at the latest (_deferred.check_pending).
     // Python's check (_deferred.check_pending: not while a CUDA stream is being captured) runs only
     // when something is pending, which a CPU-only process never has.
@@ -145,9 +150,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_autograd(
     return fwd_op().call(logits, target, weight, reduction, ignore_index, label_smoothing, check_finite, validate,
                          lse_square_scale, softcap, acc_loss, inplace_backward);
   }
-  variable_list out = CrossEntropyFwd::apply(logits, target, weight, reduction, ignore_index, label_smoothing,
-                                             check_finite, validate, lse_square_scale, softcap, acc_loss,
-                                             inplace_backward);
+  variable_list out =
+      CrossEntropyFwd::apply(logits, target, weight, reduction, ignore_index, label_smoothing, check_finite, validate,
+                             lse_square_scale, softcap, acc_loss, inplace_backward);
   return {out[0], out[1], out[2], out[3]};
 }
 

@@ -97,9 +97,9 @@ PyObject* call_package_function(const char* module_name, const char* name, PyObj
   PyObject* module = PyImport_ImportModule(module_name);
   PyObject* function = module != nullptr ? PyObject_GetAttrString(module, name) : nullptr;
   Py_XDECREF(module);
-  PyObject* result = function != nullptr ? (arg != nullptr ? PyObject_CallOneArg(function, arg)
-                                                           : PyObject_CallNoArgs(function))
-                                         : nullptr;
+  PyObject* result = function != nullptr
+                         ? (arg != nullptr ? PyObject_CallOneArg(function, arg) : PyObject_CallNoArgs(function))
+                         : nullptr;
   Py_XDECREF(function);
   return result;
 }
@@ -121,8 +121,8 @@ void throw_logits_modified(const c10::Error& error) {
   PyObject* message = PyUnicode_FromStringAndSize(text.data(), static_cast<Py_ssize_t>(text.size()));
   PyObject* cause = message != nullptr ? PyObject_CallOneArg(PyExc_RuntimeError, message) : nullptr;
   Py_XDECREF(message);
-  PyObject* explained = cause != nullptr ? call_package_function("validated_loss.checks", "logits_modified_error", cause)
-                                         : nullptr;
+  PyObject* explained =
+      cause != nullptr ? call_package_function("validated_loss.checks", "logits_modified_error", cause) : nullptr;
   Py_XDECREF(cause);
   if (explained != nullptr) {
     PyException_SetCause(explained, nullptr);  // `raise ... from None`: sets __suppress_context__ too

@@ -37,7 +37,8 @@ def test_a_bool_ignore_index_is_refused_as_torch_refuses_it():
         vl.cross_entropy(torch.randn(2, 3), torch.tensor([0, 1]), ignore_index=True)
 
 
-@pytest.mark.parametrize("case", ["smoothing", "weight", "sum", "3d", "int32 target", "int smoothing", "autocast", "vmap", "meta", "1d"])
+@pytest.mark.parametrize("case", ["smoothing", "weight", "sum", "3d", "int32 target", "int smoothing", "autocast",
+                                  "vmap", "meta", "1d"])
 def test_anything_else_takes_the_general_path(checked, case):
     x, y = torch.randn(4, 5, generator=gen(3)), torch.tensor([0, 1, 2, 3])
     kwargs, call = {}, vl.cross_entropy

@@ -25,7 +25,8 @@ try:
 except (ImportError, OSError) as _error:
     if not _checked:
         raise
-    raise ImportError(_torch_support.load_failure(_build_info, _torch.__version__, _torch.version.cuda, _error)) from _error
+    _failure = _torch_support.load_failure(_build_info, _torch.__version__, _torch.version.cuda, _error)
+    raise ImportError(_failure) from _error
 _mismatch = _checked and _build_info and _torch_support.mismatch_warning(
     _build_info, _torch.__version__, _torch.version.cuda, _torch_support.gpu_visible())
 if _mismatch:

@@ -263,7 +263,8 @@ def cpp_forward_autograd():
     (tests)."""
     if os.environ.get("VALIDATED_LOSS_PYTHON_AUTOGRAD") == "1":
         return False
-    return _library.EMULATED_CUDA or BUILT_AGAINST is None or _torch_support.same_minor(BUILT_AGAINST, torch.__version__)
+    return (_library.EMULATED_CUDA or BUILT_AGAINST is None
+            or _torch_support.same_minor(BUILT_AGAINST, torch.__version__))
 
 
 CPP_FORWARD_AUTOGRAD = cpp_forward_autograd()

@@ -132,7 +132,8 @@ def rebuild_command(package_dir=None):
     reinstall the one built against the old torch."""
     package_dir = Path(package_dir or Path(__file__).parent)
     root = package_dir.parent
-    pip = f"{shlex.quote(sys.executable)} -m pip install --no-build-isolation --force-reinstall --no-deps --no-cache-dir"
+    pip = (f"{shlex.quote(sys.executable)} -m pip install --no-build-isolation --force-reinstall --no-deps "
+           "--no-cache-dir")
     source = _installed_source()
     if source is not None and source[0] == "editable":
         return f"{pip} -e {shlex.quote(source[1])}"
@@ -152,7 +153,7 @@ def mismatch_warning(build, torch_version, torch_cuda, has_gpu):
     found = mismatches(build, torch_version, torch_cuda, has_gpu)
     if not found:
         return None
-    return (f"validated_loss's compiled extension does not match the running torch: " + "; ".join(found)
+    return ("validated_loss's compiled extension does not match the running torch: " + "; ".join(found)
             + f".\nRebuild it against this torch:\n  {rebuild_command()}")
 
 

@@ -160,7 +160,8 @@ def check_argument_types(input, target, weight, ignore_index, label_smoothing):
             raise TypeError(f"cross_entropy_loss(): argument '{name}' (position {position}) must be Tensor, "
                             f"not {type(value).__name__}")
     if weight is not None and not isinstance(weight, torch.Tensor):
-        raise TypeError(f"cross_entropy_loss(): argument 'weight' (position 3) must be Tensor, not {type(weight).__name__}")
+        raise TypeError("cross_entropy_loss(): argument 'weight' (position 3) must be Tensor, "
+                        f"not {type(weight).__name__}")
     ignore_index = int_argument(ignore_index, "cross_entropy_loss(): argument 'ignore_index' (position 5)")
     if not -(2**63) <= ignore_index < 2**63:
         raise ValueError("Overflow when unpacking long long")
@@ -227,7 +228,10 @@ def _probability_loss(input, target, weight, reduction, label_smoothing, check_f
         input, target = input.to(dtype), target.to(dtype)
         weight = weight.to(dtype) if weight is not None else None
     one_dim = input.dim() == 1
-    logits, probs = (input.unsqueeze(0), target.unsqueeze(0)) if one_dim else (_addressable(input), _addressable(target))
+    if one_dim:
+        logits, probs = input.unsqueeze(0), target.unsqueeze(0)
+    else:
+        logits, probs = _addressable(input), _addressable(target)
     if check_finite:
         _deferred.policy(_deferred.SYNC, logits.device)  # check_finite is 'sync' here; under capture the op queues it
     loss, _, _ = _ops.prob_forward(logits, probs, weight, reduction, label_smoothing, check_finite, direct)

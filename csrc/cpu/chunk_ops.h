@@ -427,8 +427,8 @@ float widen_chunk_max(const scalar_t* p, int64_t len, float* buf, bool* finite =
       f1 = finite_flag(f1, b);
     }
   }
-  float m = at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); },
-                                          at::vec::maximum(m0, m1));
+  float m =
+      at::vec::vec_reduce_all<float>([](Vec& x, Vec& y) { return at::vec::maximum(x, y); }, at::vec::maximum(m0, m1));
   bool tail_finite = true;
   for (; c < len; ++c) {
     buf[c] = static_cast<float>(p[c]);

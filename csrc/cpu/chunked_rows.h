@@ -50,7 +50,8 @@ RowScan<acc_t> scan_row(const scalar_t* x_row, int64_t x_stride, const scalar_t*
     }
     if (need_sums) {
       const acc_t* qs = q_row ? load_chunk(q_row, q_stride, c0, n, qbuf) : nullptr;
-      scan.sums = row_sums_add(scan.sums, chunk_row_sums(xs, weight ? weight + c0 : nullptr, qs, n, scan.ref, with_swd));
+      scan.sums =
+          row_sums_add(scan.sums, chunk_row_sums(xs, weight ? weight + c0 : nullptr, qs, n, scan.ref, with_swd));
     }
   }
   return scan;
@@ -63,8 +64,8 @@ RowScan<acc_t> scan_row(const scalar_t* x_row, int64_t x_stride, const scalar_t*
 // from x_y, never from memory.
 template <typename scalar_t, typename acc_t>
 void index_grad_row(const scalar_t* row, int64_t x_stride, scalar_t* grow, int64_t g_stride,
-                    const LossConstants<acc_t>& k, const acc_t* w, int64_t y, acc_t x_y, RowLse<acc_t> lse,
-                    acc_t scale, acc_t lse_grad, acc_t* xbuf, acc_t* gbuf, const scalar_t* next_row = nullptr) {
+                    const LossConstants<acc_t>& k, const acc_t* w, int64_t y, acc_t x_y, RowLse<acc_t> lse, acc_t scale,
+                    acc_t lse_grad, acc_t* xbuf, acc_t* gbuf, const scalar_t* next_row = nullptr) {
   const int64_t C = k.num_classes;
   const acc_t w_y = w ? w[y] : acc_t(1);
   const acc_t mass = index_row_mass(k, w_y);

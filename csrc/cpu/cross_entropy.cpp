@@ -26,10 +26,9 @@ struct KernelTable {
   decltype(&DEFAULT::prob_backward) prob_backward;
 };
 
-#define VALIDATED_LOSS_KERNEL_TABLE(CAP) \
-  KernelTable {                           \
-    #CAP, &CAP::index_forward, &CAP::index_backward, &CAP::index_forward_grad, &CAP::prob_forward, \
-        &CAP::prob_backward                  \
+#define VALIDATED_LOSS_KERNEL_TABLE(CAP)                                                                               \
+  KernelTable {                                                                                                        \
+    #CAP, &CAP::index_forward, &CAP::index_backward, &CAP::index_forward_grad, &CAP::prob_forward, &CAP::prob_backward \
   }
 
 // ATen's own choice (it honours ATEN_CPU_CAPABILITY), so we never run wider than torch does.
@@ -111,14 +110,10 @@ GradOutput grad_output_of(const Tensor& grad) {
   return GradOutput{grad.mutable_data_ptr(), make_row_geometry(grad)};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(const Tensor& logits, const Tensor& target,
-                                                                 const std::optional<Tensor>& weight,
-                                                                 int64_t reduction, int64_t ignore_index,
-                                                                 double label_smoothing, bool check_finite,
-                                                                 int64_t /*validate: the CPU always raises*/,
-                                                                 double lse_square_scale, double softcap,
-                                                                 bool acc_loss,
-                                                                 bool /*inplace_backward: autograd's*/) {
+std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_cpu(
+    const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, int64_t reduction,
+    int64_t ignore_index, double label_smoothing, bool check_finite, int64_t /*validate: the CPU always raises*/,
+    double lse_square_scale, double softcap, bool acc_loss, bool /*inplace_backward: autograd's*/) {
   check_index_op_args(logits, target, weight, reduction, lse_square_scale, softcap);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
@@ -157,10 +152,10 @@ Tensor index_backward(const Tensor& grad_loss, const Tensor& logits, const Tenso
 
 Tensor cross_entropy_bwd_cpu(const Tensor& grad_loss, const Tensor& logits, const Tensor& target,
                              const std::optional<Tensor>& weight, const Tensor& lse, const Tensor& total_weight,
-                             int64_t reduction, int64_t ignore_index, double label_smoothing,
-                             double lse_square_scale, double softcap, const std::optional<Tensor>& grad_lse) {
-  return index_backward(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index,
-                        label_smoothing, lse_square_scale, softcap, grad_lse, false);
+                             int64_t reduction, int64_t ignore_index, double label_smoothing, double lse_square_scale,
+                             double softcap, const std::optional<Tensor>& grad_lse) {
+  return index_backward(grad_loss, logits, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
+                        lse_square_scale, softcap, grad_lse, false);
 }
 
 void cross_entropy_bwd__cpu(Tensor& logits, const Tensor& grad_loss, const Tensor& target,
@@ -177,10 +172,9 @@ void cross_entropy_bwd__cpu(Tensor& logits, const Tensor& grad_loss, const Tenso
 // rows' losses in the logits' dtype. The gradient is that of sum_r grad_loss_r * loss_r +
 // grad_lse_r * lse_r (grad_loss: one per row for 'none', a scalar for 'sum', or none for 1).
 std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
-    Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, int64_t reduction,
-    int64_t ignore_index, double label_smoothing, double lse_square_scale, double softcap,
-    const std::optional<Tensor>& grad_loss, const std::optional<Tensor>& grad_lse, bool check_finite,
-    int64_t /*validate: the CPU always raises*/) {
+    Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
+    double label_smoothing, double lse_square_scale, double softcap, const std::optional<Tensor>& grad_loss,
+    const std::optional<Tensor>& grad_lse, bool check_finite, int64_t /*validate: the CPU always raises*/) {
   check_fwd_grad_args(logits, target, weight, reduction, lse_square_scale, softcap);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor target_c = target.contiguous();
@@ -193,25 +187,24 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> cross_entropy_fwd_grad_cpu(
   const ScaleHolder scale =
       grad_scale(fwd_grad_loss(grad_loss, logits, reduction, x.geo.num_rows), reduction, 1.0, logits, acc, grad_lse);
   const IndexTargets t{target_c.const_data_ptr(), target_c.scalar_type() == at::kByte, ignore_index};
-  const ForwardTotals totals =
-      kernels().index_forward_grad(x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
-                                   forward_outputs(o, reduction, check_finite, logits), scale.scale,
-                                   grad_output_of(logits));
+  const ForwardTotals totals = kernels().index_forward_grad(
+      x, t, options_of(w, label_smoothing, reduction, lse_square_scale, softcap),
+      forward_outputs(o, reduction, check_finite, logits), scale.scale, grad_output_of(logits));
   finish_forward(totals, o, reduction, 1.0, false, logits, target, ignore_index);  // no 'mean' here
   return {o.loss, o.lse, o.total_weight, o.status};
 }
 
 std::tuple<Tensor, Tensor, Tensor> cross_entropy_prob_fwd_cpu(const Tensor& logits, const Tensor& target,
-                                                              const std::optional<Tensor>& weight,
-                                                              int64_t reduction, double label_smoothing,
-                                                              bool check_finite, bool acc_loss) {
+                                                              const std::optional<Tensor>& weight, int64_t reduction,
+                                                              double label_smoothing, bool check_finite,
+                                                              bool acc_loss) {
   check_prob_op_args(logits, target, weight, reduction);
   const auto acc = accumulate_dtype(logits.scalar_type());
   const Tensor w = weights_for_kernel(weight, acc);
   const LogitsView x = view_of(logits);
   const ForwardTensors o = empty_forward_outputs(logits, reduction, loss_dtype(logits.scalar_type(), acc_loss));
   const ForwardTotals totals = kernels().prob_forward(x, view_of(target), options_of(w, label_smoothing, reduction),
-                                                     forward_outputs(o, reduction, check_finite, logits));
+                                                      forward_outputs(o, reduction, check_finite, logits));
   // Torch's mean over probability targets divides by the number of rows, never by weights.
   // label smoothing plays no part in that divisor.
   finish_forward(totals, o, reduction, prob_mean_divisor(x.geo.num_rows, x.geo.num_classes), false, logits, target,
@@ -237,7 +230,6 @@ std::tuple<Tensor, Tensor> cross_entropy_prob_bwd_cpu(const Tensor& grad_loss, c
                           scale.scale, grad_output_of(grad_x), target_grad ? &gq : nullptr);
   return {grad_x, grad_q};
 }
-
 
 }  // namespace
 

@@ -137,9 +137,7 @@ struct GradientAllocator final : c10::Allocator {
     return {data, new Block{data, bytes}, &return_block, c10::Device(c10::DeviceType::CPU)};
   }
 
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
-  }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { default_copy_data(dest, src, count); }
 };
 
 GradientAllocator& gradient_allocator() {

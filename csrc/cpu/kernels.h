@@ -20,9 +20,12 @@ void index_backward_rows(const IndexRows<scalar_t, acc_t>& a, const acc_t* lse, 
                          const GradOutput& gout) {
   const RowPlan plan = plan_rows(a.g, &gout.geo, a.k, a.w, &gs);
   switch (plan.path) {
-    case RowPath::kChunked: return index_backward_chunked(a, lse, gs, gout);
-    case RowPath::kLanes: return index_backward_lanes(a, lse, gs, gout);
-    case RowPath::kPacked: return index_backward_packed(a, lse, gs, gout, plan.lane_groups);
+    case RowPath::kChunked:
+      return index_backward_chunked(a, lse, gs, gout);
+    case RowPath::kLanes:
+      return index_backward_lanes(a, lse, gs, gout);
+    case RowPath::kPacked:
+      return index_backward_packed(a, lse, gs, gout, plan.lane_groups);
   }
 }
 
@@ -37,9 +40,12 @@ ForwardTotals index_forward_typed(const LogitsView& xv, const IndexTargets& t, c
   const ForwardTotals totals =
       for_each_row_block(a.g.num_rows, a.g.num_classes, [&](int64_t r0, int64_t r1, ForwardTotals& part) {
         switch (plan.path) {
-          case RowPath::kChunked: return index_forward_chunked(a, out, fused, r0, r1, part);
-          case RowPath::kLanes: return index_forward_lanes(a, out, r0, r1, part);
-          case RowPath::kPacked: return index_forward_packed(a, out, plan.lane_groups, r0, r1, part);
+          case RowPath::kChunked:
+            return index_forward_chunked(a, out, fused, r0, r1, part);
+          case RowPath::kLanes:
+            return index_forward_lanes(a, out, r0, r1, part);
+          case RowPath::kPacked:
+            return index_forward_packed(a, out, plan.lane_groups, r0, r1, part);
         }
       });
   // Short rows: the gradient pass re-gathers them after the whole forward (the chunked path wrote
@@ -81,14 +87,13 @@ ForwardTotals index_forward_grad(const LogitsView& x, const IndexTargets& t, con
                                          [&] { return index_forward_typed<scalar_t>(x, t, o, out, &fused); });
 }
 
-ForwardTotals prob_forward(const LogitsView& x, const LogitsView& q, const LossOptions& o,
-                           const ForwardOutputs& out) {
+ForwardTotals prob_forward(const LogitsView& x, const LogitsView& q, const LossOptions& o, const ForwardOutputs& out) {
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.dtype, "prob_forward",
                                          [&] { return prob_forward_typed<scalar_t>(x, q, o, out); });
 }
 
-void prob_backward(const LogitsView& x, const LogitsView& q, const LossOptions& o, const void* lse,
-                   const GradScale& g, const GradOutput& grad_x, const GradOutput* grad_q) {
+void prob_backward(const LogitsView& x, const LogitsView& q, const LossOptions& o, const void* lse, const GradScale& g,
+                   const GradOutput& grad_x, const GradOutput* grad_q) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.dtype, "prob_backward",
                                   [&] { prob_backward_typed<scalar_t>(x, q, o, lse, g, grad_x, grad_q); });
 }

@@ -8,7 +8,6 @@
 namespace validated_loss::cpu {
 namespace CPU_CAPABILITY {
 
-
 // Up to this many classes a row is too short to fill vectors along the classes: the small-class
 // kernels put one row in each SIMD lane instead (and read strided class dimensions that way too).
 constexpr int64_t kLaneRowsMaxClasses = 64;
@@ -64,8 +63,8 @@ void lane_lse(const acc_t* buf, int64_t num_classes, acc_t* max_out, acc_t* log_
 
 // The forward of rows first..min(first + L, end) - 1, one per lane.
 template <typename scalar_t, typename acc_t>
-VL_ROW_INLINE void index_forward_lane_group(const IndexRows<scalar_t, acc_t> a, const ForwardOutputs& out, int64_t first,
-                              int64_t end, ForwardTotals& part) {
+VL_ROW_INLINE void index_forward_lane_group(const IndexRows<scalar_t, acc_t> a, const ForwardOutputs& out,
+                                            int64_t first, int64_t end, ForwardTotals& part) {
   using Vec = Vectorized<acc_t>;
   constexpr int L = Vec::size();
   const RowGeometry& g = a.g;

@@ -19,7 +19,6 @@ inline bool is_packed(const RowGeometry& g) {
   return g.class_stride == 1 && g.ndim == 1 && (g.strides[0] == g.num_classes || g.sizes[0] == 1);
 }
 
-
 // Stores n acc_t values to contiguous memory, narrowing them when the memory is narrower.
 template <typename scalar_t, typename acc_t>
 void store_span(scalar_t* p, int64_t n, const acc_t* values) {
@@ -49,8 +48,8 @@ namespace CPU_CAPABILITY {
 // vector path when `lane_groups` (the options allow it) and the group is the common case, else
 // one row per lane as lane_rows.h does.
 template <typename scalar_t, typename acc_t>
-void index_forward_packed(const IndexRows<scalar_t, acc_t> a, const ForwardOutputs& out, bool lane_groups,
-                          int64_t r0, int64_t r1, ForwardTotals& part) {
+void index_forward_packed(const IndexRows<scalar_t, acc_t> a, const ForwardOutputs& out, bool lane_groups, int64_t r0,
+                          int64_t r1, ForwardTotals& part) {
   constexpr int L = Vectorized<acc_t>::size();
   LaneGroupForward<scalar_t> groups(a.x, a.g.num_rows, a.g.num_classes, a.t, out, r1);
   for (int64_t first = r0; first < r1; first += L) {
@@ -59,7 +58,6 @@ void index_forward_packed(const IndexRows<scalar_t, acc_t> a, const ForwardOutpu
   }
   groups.finish(part);
 }
-
 
 // Every block is read whole before its gradient is stored, so `gout` may be the logits themselves.
 // `lane_groups`: groups of L rows are tried on small_rows.h's vector path first.

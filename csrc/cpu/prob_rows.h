@@ -29,24 +29,24 @@ ForwardTotals prob_forward_typed(const LogitsView& xv, const LogitsView& qv, con
   const LossConstants<acc_t> k = loss_constants<acc_t>(o, g.num_classes);
   auto* lse_out = static_cast<acc_t*>(out.lse);
   return for_each_row_block(g.num_rows, g.num_classes, [&](int64_t r0, int64_t r1, ForwardTotals& part) {
-   alignas(64) acc_t xbuf[kChunkElems];
-   alignas(64) acc_t qbuf[kChunkElems];
-   for (int64_t r = r0; r < r1; ++r) {
-    const RowScan<acc_t> scan =
-        scan_row<scalar_t, acc_t>(x + row_offset(g, r), g.class_stride, q + row_offset(qv.geo, r), qv.geo.class_stride,
-                                  g.num_classes, w, has_smoothing(k), out.check_finite, xbuf, qbuf);
-    note_nonfinite(part, r, scan.nonfinite_class);
-    const RowLse<acc_t> lse = row_lse(scan.lse);
-    // An empty class dimension has nothing to sum: the row's loss is 0, as torch's sum over it.
-    acc_t loss = g.num_classes == 0 ? acc_t(0) : prob_row_loss(k, lse, scan.ref, scan.sums);
-    if (prob_row_needs_terms(loss, lse)) {
-      loss = prob_row_loss_direct(x + row_offset(g, r), g.class_stride, q + row_offset(qv.geo, r), qv.geo.class_stride,
-                                  w, k, lse);
+    alignas(64) acc_t xbuf[kChunkElems];
+    alignas(64) acc_t qbuf[kChunkElems];
+    for (int64_t r = r0; r < r1; ++r) {
+      const RowScan<acc_t> scan = scan_row<scalar_t, acc_t>(
+          x + row_offset(g, r), g.class_stride, q + row_offset(qv.geo, r), qv.geo.class_stride, g.num_classes, w,
+          has_smoothing(k), out.check_finite, xbuf, qbuf);
+      note_nonfinite(part, r, scan.nonfinite_class);
+      const RowLse<acc_t> lse = row_lse(scan.lse);
+      // An empty class dimension has nothing to sum: the row's loss is 0, as torch's sum over it.
+      acc_t loss = g.num_classes == 0 ? acc_t(0) : prob_row_loss(k, lse, scan.ref, scan.sums);
+      if (prob_row_needs_terms(loss, lse)) {
+        loss = prob_row_loss_direct(x + row_offset(g, r), g.class_stride, q + row_offset(qv.geo, r),
+                                    qv.geo.class_stride, w, k, lse);
+      }
+      part.loss_sum += loss;
+      store_row_lse(lse_out, r, lse);
+      store_row_loss<scalar_t>(out, r, loss);
     }
-    part.loss_sum += loss;
-    store_row_lse(lse_out, r, lse);
-    store_row_loss<scalar_t>(out, r, loss);
-   }
   });
 }
 
@@ -87,7 +87,8 @@ void prob_backward_typed(const LogitsView& xv, const LogitsView& qv, const LossO
         const acc_t* qs = load_chunk(qrow, qv.geo.class_stride, c0, n, qbuf);
         const acc_t* wc = w ? w + c0 : nullptr;
         acc_t* out = chunk_target(gxrow, gx.geo.class_stride, c0, gbuf);
-        chunk_grad<acc_t>(out, xs, wc, qs, n, load_row_lse(lse, r), scale, mass, target_share(k), smoothing_per_class(k));
+        chunk_grad<acc_t>(out, xs, wc, qs, n, load_row_lse(lse, r), scale, mass, target_share(k),
+                          smoothing_per_class(k));
         store_chunk(gxrow, gx.geo.class_stride, c0, n, out);
         if (gqrow) {
           out = chunk_target(gqrow, gq->geo.class_stride, c0, gbuf);

@@ -134,7 +134,7 @@ template <typename acc_t>
 struct RowForward {
   RowLse<acc_t> lse;
   acc_t ref;
-  acc_t x_y;                     // the target logit as the loss saw it (capped)
+  acc_t x_y;  // the target logit as the loss saw it (capped)
   RowSums<acc_t> sums;
   int64_t nonfinite_class = -1;  // check_finite's first bad class; -1: none found or not asked
 };
@@ -152,8 +152,9 @@ struct RowResult {
 // for a valid target. k and w by value: the caller's copies, which no store to the outputs can
 // change (a reference would be reloaded after each float store).
 template <typename scalar_t, typename acc_t>
-VL_ROW_INLINE RowResult<acc_t> record_index_row(const LossConstants<acc_t> k, const acc_t* w, const ForwardOutputs& out, int64_t r,
-                                  RowTarget tg, const RowForward<acc_t>& f, ForwardTotals& part) {
+VL_ROW_INLINE RowResult<acc_t> record_index_row(const LossConstants<acc_t> k, const acc_t* w, const ForwardOutputs& out,
+                                                int64_t r, RowTarget tg, const RowForward<acc_t>& f,
+                                                ForwardTotals& part) {
   acc_t loss = 0;
   RowLse<acc_t> lse{0, 0};
   acc_t x_y = 0;

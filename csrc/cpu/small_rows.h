@@ -126,8 +126,14 @@ class LaneGroupForward {
 
   LaneGroupForward(const scalar_t* x, int64_t num_rows, int64_t num_classes, const IndexTargets& t,
                    const ForwardOutputs& out, int64_t r1)
-      : x_(x), num_rows_(num_rows), C_(num_classes), padded_((num_classes + L - 1) / L * L), t_(t), out_(out),
-        end_(r1), window_rows_(kChunkElems / num_classes / L * L) {}
+      : x_(x),
+        num_rows_(num_rows),
+        C_(num_classes),
+        padded_((num_classes + L - 1) / L * L),
+        t_(t),
+        out_(out),
+        end_(r1),
+        window_rows_(kChunkElems / num_classes / L * L) {}
 
   // Rows first..first+L-1 (all inside the block): false, with nothing written, when the group is
   // not the common case.
@@ -215,9 +221,9 @@ class LaneGroupForward {
 // first and rows in order, so those rows' own values are stored after. Nothing is stored past
 // the group.
 template <typename acc_t, bool may_be_nan>
-inline void lane_group_grad_tiles(const acc_t* xrows, acc_t* grows, int64_t num_classes,
-                                  const Vectorized<acc_t>& vmax, const Vectorized<acc_t>& vlog_sum,
-                                  const Vectorized<acc_t>& vks, const Vectorized<acc_t>& vke, acc_t* pbuf) {
+inline void lane_group_grad_tiles(const acc_t* xrows, acc_t* grows, int64_t num_classes, const Vectorized<acc_t>& vmax,
+                                  const Vectorized<acc_t>& vlog_sum, const Vectorized<acc_t>& vks,
+                                  const Vectorized<acc_t>& vke, acc_t* pbuf) {
   using Vec = Vectorized<acc_t>;
   constexpr int L = Vec::size();
   const int64_t C = num_classes;

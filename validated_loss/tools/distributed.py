@@ -195,7 +195,8 @@ def _batch_report(sizes: Sequence[Tuple[int, int]], *, vocab_parallel=False):
         if pair[0] == pair[1] and reference[0] == reference[1]:  # "rank 2 has 24 rows, ranks 0, 1 have 32"
             text = f"{_ranks_text(ranks)} {_has(ranks)} {rows(pair)}, {_ranks_text(same)} {_has(same)} {reference[0]}"
         else:
-            text = f"{_ranks_text(ranks)} {_has(ranks)} {rows(pair)}, {_ranks_text(same)} {_has(same)} {rows(reference)}"
+            text = (f"{_ranks_text(ranks)} {_has(ranks)} {rows(pair)}, "
+                    f"{_ranks_text(same)} {_has(same)} {rows(reference)}")
         if pair[0] == pair[1] and reference[0] == reference[1]:
             diff = pair[0] - reference[0]
             text += f" ({abs(diff)} {'fewer' if diff < 0 else 'more'})"
