@@ -31,10 +31,9 @@ using uint3 = vl_emu::uint3_t;
 #define VL_EMU_DYNAMIC_SHARED(T, name) T* name = static_cast<T*>(::vl_emu::dynamic_shared_memory())
 
 #define VL_EMU_SITE const char *vl_file = __builtin_FILE(), int vl_line = __builtin_LINE()
-#define VL_EMU_HERE  \
-  ::vl_emu::Site {   \
-    vl_file, vl_line \
-  }
+// clang-format off
+#define VL_EMU_HERE ::vl_emu::Site{vl_file, vl_line}
+// clang-format on
 
 inline void __syncthreads(VL_EMU_SITE) {
   ::vl_emu::syncthreads(VL_EMU_HERE);
@@ -148,25 +147,24 @@ T atomicExch(T* address, T value) {
 }
 
 // Bit reinterpretation.
+template <typename To, typename From>
+inline To emu_bit_cast(From v) {
+  static_assert(sizeof(To) == sizeof(From), "a bit cast keeps the size");
+  To t;
+  std::memcpy(&t, &v, sizeof(To));
+  return t;
+}
 inline float __uint_as_float(unsigned v) {
-  float f;
-  std::memcpy(&f, &v, 4);
-  return f;
+  return emu_bit_cast<float>(v);
 }
 inline unsigned __float_as_uint(float f) {
-  unsigned v;
-  std::memcpy(&v, &f, 4);
-  return v;
+  return emu_bit_cast<unsigned>(f);
 }
 inline float __int_as_float(int v) {
-  float f;
-  std::memcpy(&f, &v, 4);
-  return f;
+  return emu_bit_cast<float>(v);
 }
 inline int __float_as_int(float f) {
-  int v;
-  std::memcpy(&v, &f, 4);
-  return v;
+  return emu_bit_cast<int>(f);
 }
 inline uint64_t __umul64hi(uint64_t a, uint64_t b) {
   return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * b) >> 64);
