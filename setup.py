@@ -238,7 +238,8 @@ def extension(torch):
         cxx += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-O1", "-g"]
         link += [f"-fsanitize={sanitize}"]
     sources = [f"{CSRC}/ops.cpp", f"{CSRC}/op_common.cpp", f"{CSRC}/cpu/cross_entropy.cpp",
-               f"{CSRC}/cpu/gradient_buffer.cpp", f"{CSRC}/python_errors.cpp", f"{CSRC}/autograd.cpp"]
+               f"{CSRC}/cpu/gradient_buffer.cpp", f"{CSRC}/python_errors.cpp", f"{CSRC}/autograd.cpp",
+               f"{CSRC}/meta.cpp"]
     sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / CSRC / "validation").glob("*.cpp"))
     sources += [kernel_source(c) for c in CAPABILITIES]
     cuda_home = cuda_toolkit(cpp_extension.CUDA_HOME)

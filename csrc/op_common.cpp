@@ -126,11 +126,21 @@ const void* data_or_null(const at::Tensor& t) {
 }
 
 ForwardTensors empty_forward_outputs(const at::Tensor& logits, int64_t reduction, at::ScalarType loss_dtype) {
+  // In symbolic sizes: the Meta kernels (meta.cpp) run on torch.compile's fake tensors, whose sizes
+  // may be symbols; on real tensors these are plain integers.
+  const c10::SymIntArrayRef sizes = logits.sym_sizes();
+  c10::SymDimVector rows;  // the logits' sizes without the class dimension
+  c10::SymInt num_rows = 1;
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    if (d == 1) continue;
+    rows.push_back(sizes[d]);
+    num_rows = num_rows * sizes[d];
+  }
   const at::TensorOptions acc = logits.options().dtype(accumulate_dtype(logits.scalar_type()));
   const at::TensorOptions loss = logits.options().dtype(loss_dtype);
   ForwardTensors o;
-  o.loss = reduction == kReductionNone ? at::empty(rows_shape(logits), loss) : at::empty({}, loss);
-  o.lse = at::empty({make_row_geometry(logits).num_rows, 2}, acc);
+  o.loss = reduction == kReductionNone ? at::empty_symint(rows, loss) : at::empty({}, loss);
+  o.lse = at::empty_symint({num_rows, c10::SymInt(2)}, acc);
   o.total_weight = at::empty({}, acc);
   o.status = at::empty({kStatusSize}, logits.options().dtype(at::kLong));
   return o;

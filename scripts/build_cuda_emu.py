@@ -21,7 +21,8 @@ from torch.utils import cpp_extension
 ROOT = Path(__file__).resolve().parent.parent
 
 # The host code every build shares, the CUDA ops and kernels, the emulation.
-HOST_SOURCES = ["ops.cpp", "op_common.cpp", "python_errors.cpp", "autograd.cpp", "validation/deferred_queue.cpp",
+HOST_SOURCES = ["ops.cpp", "op_common.cpp", "meta.cpp", "python_errors.cpp", "autograd.cpp",
+                "validation/deferred_queue.cpp",
                 "validation/graph_slots.cpp", "validation/deferred.cpp", "validation/deferred_python.cpp",
                 "cpu/gradient_buffer.cpp"]
 # The CUDA source: the ops and kernels, and validation's CUDA side.

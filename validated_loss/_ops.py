@@ -8,13 +8,11 @@ ops is registered by _autograd.py, the forward op's in C++ (csrc/autograd.cpp).
 """
 
 import enum
-import math
 from typing import NamedTuple
 
 import torch
 
 from ._library import _C  # noqa: F401  (loading the library registers torch.ops.validated_loss)
-from ._status import STATUS_SIZE
 
 ops = torch.ops.validated_loss  # the tests call the raw ops through this name too
 
@@ -156,17 +154,9 @@ def set_gradient_cache_enabled(enabled):
 
 
 # ---------------------------------------------------------------------------------------------
-# Fake kernels
-
-
-@torch.library.register_fake("validated_loss::cross_entropy_fwd")
-def _fwd_fake(logits, target, weight, reduction, ignore_index, label_smoothing, check_finite=False, validate=1,
-              lse_square_scale=0.0, softcap=0.0, acc_loss=False, inplace_backward=False):
-    acc = accumulate_dtype(logits.dtype)
-    rows = rows_shape(logits)
-    loss = logits.new_empty(rows if reduction == Reduction.NONE else (), dtype=loss_dtype(logits, acc_loss))
-    lse = logits.new_empty((math.prod(rows), 2), dtype=acc)
-    return loss, lse, logits.new_empty((), dtype=acc), logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
+# Fake kernels. The forward ops' are C++ Meta kernels (csrc/meta.cpp) built on the allocation
+# routine the CPU and CUDA ops share (op_common's empty_forward_outputs); the backward ops'
+# outputs are shaped like their inputs.
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_bwd")
@@ -179,24 +169,6 @@ def _bwd_fake(grad_loss, logits, target, weight, lse, total_weight, reduction, i
 def _bwd_inplace_fake(logits, grad_loss, target, weight, lse, total_weight, reduction, ignore_index, label_smoothing,
                       lse_square_scale=0.0, softcap=0.0, grad_lse=None):
     return None
-
-
-@torch.library.register_fake("validated_loss::cross_entropy_fwd_grad")
-def _fwd_grad_fake(logits, target, weight, reduction, ignore_index, label_smoothing, lse_square_scale, softcap,
-                   grad_loss, grad_lse, check_finite=False, validate=1):
-    acc = accumulate_dtype(logits.dtype)
-    rows = rows_shape(logits)
-    loss = logits.new_empty(rows) if reduction == Reduction.NONE else logits.new_empty((), dtype=acc)  # 'sum' in acc
-    lse = logits.new_empty((math.prod(rows), 2), dtype=acc)
-    return loss, lse, logits.new_empty((), dtype=acc), logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
-
-
-@torch.library.register_fake("validated_loss::cross_entropy_prob_fwd")
-def _prob_fwd_fake(logits, target, weight, reduction, label_smoothing, check_finite=False, acc_loss=False):
-    rows = rows_shape(logits)
-    loss = logits.new_empty(rows if reduction == Reduction.NONE else (), dtype=loss_dtype(logits, acc_loss))
-    lse = logits.new_empty((math.prod(rows), 2), dtype=accumulate_dtype(logits.dtype))
-    return loss, lse, logits.new_empty((STATUS_SIZE,), dtype=torch.int64)
 
 
 @torch.library.register_fake("validated_loss::cross_entropy_prob_bwd")
